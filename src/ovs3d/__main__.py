@@ -1,0 +1,5 @@
+"""``python -m ovs3d``."""
+
+from ovs3d.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Radiance-field parameter containers (TensoRF VM grids, heads, occupancy grid)."""

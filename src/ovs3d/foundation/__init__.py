@@ -1,0 +1,1 @@
+"""Foundation-model backends (CLIP, DINO, mask proposals): real and simulated, and their feature cache."""

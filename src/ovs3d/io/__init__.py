@@ -1,0 +1,1 @@
+"""Scene input/output: scene folders, camera conventions, images, run folders."""

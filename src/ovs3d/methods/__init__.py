@@ -1,0 +1,1 @@
+"""Training methods: RGB reconstruction and semantic distillation (3D-OVS, ...)."""

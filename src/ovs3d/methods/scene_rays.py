@@ -1,0 +1,81 @@
+"""Rays of a scene's views in the field's coordinate frame.
+
+Forward-facing scenes are marched in NDC (near plane 1, defined by view 0's intrinsics at the stage's
+resolution, as the LLFF/TensoRF loaders do); bounded scenes in the normalised world box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ovs3d.io.scene import Scene
+from ovs3d.render.rays import camera_rays, ndc_rays, pixel_grid
+
+#: NDC box of forward-facing scenes: x, y slightly beyond [-1, 1] (other views see a little more than
+#: view 0), z in [-1, 1] from the near plane to infinity.
+NDC_AABB = ((-1.5, -1.5, -1.0), (1.5, 1.5, 1.0))
+
+
+def field_aabb(scene: Scene) -> Tensor:
+    """``[2, 3]`` box the field spans: the NDC box for forward-facing scenes, else the scene's world box."""
+    if scene.kind == "forward":
+        return torch.tensor(NDC_AABB, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(scene.aabb), dtype=torch.float32)
+
+
+def rays_at(scene: Scene, view: int, downscale: float, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Rays through image points of a view, in the field's frame.
+
+    Args:
+        scene: the scene.
+        view: view index.
+        downscale: resolution the image coordinates refer to (``1/downscale`` of full size).
+        u: ``[R]`` horizontal pixel coordinates at that resolution (pixel centres at ``x + 0.5``).
+        v: ``[R]`` vertical pixel coordinates.
+
+    Returns:
+        ``rays_o`` ``[R, 3]``, ``rays_d`` ``[R, 3]`` (NDC for forward-facing scenes).
+    """
+    intr = scene.intrinsics_at(downscale)
+    return camera_rays_in_field(scene, scene.c2w[view], intr[view], downscale, u, v)
+
+
+def camera_rays_in_field(
+    scene: Scene, c2w: np.ndarray, intrinsics: np.ndarray, downscale: float, u: Tensor, v: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Rays of any camera (e.g. on a rendering path) in the field's frame.
+
+    Args:
+        scene: the scene (its kind and view 0's intrinsics define the NDC frame).
+        c2w: ``[3, 4]`` OpenCV camera-to-world in the scene's normalised world.
+        intrinsics: ``[4]`` ``(fx, fy, cx, cy)`` at ``1/downscale``.
+        downscale: resolution of ``u``, ``v``.
+        u: ``[R]`` pixel coordinates.
+        v: ``[R]``.
+
+    Returns:
+        ``rays_o`` ``[R, 3]``, ``rays_d`` ``[R, 3]``.
+    """
+    intr = torch.as_tensor(np.asarray(intrinsics), dtype=torch.float32)
+    rays_o, rays_d = camera_rays(torch.as_tensor(np.asarray(c2w), dtype=torch.float32), intr, u, v)
+    if scene.kind == "forward":
+        w, h = scene.image_size(downscale)
+        ref = torch.as_tensor(scene.intrinsics_at(downscale)[0])
+        rays_o, rays_d = ndc_rays(rays_o, rays_d, ref, w, h, near=1.0)
+    return rays_o, rays_d
+
+
+def view_rays(scene: Scene, view: int, downscale: float) -> tuple[Tensor, Tensor]:
+    """All pixel rays of a view at ``1/downscale``, row-major: ``[H * W, 3]`` origins and directions."""
+    w, h = scene.image_size(downscale)
+    u, v = pixel_grid(w, h)
+    return rays_at(scene, view, downscale, u, v)
+
+
+def ray_near(scene: Scene) -> float:
+    """Smallest ray parameter to march from: 0 in NDC (the near plane), else a fraction of the nearest bound."""
+    if scene.kind == "forward":
+        return 0.0
+    return float(np.min(scene.near_far[:, 0])) * 0.5

@@ -1,0 +1,1 @@
+"""3D-OVS semantic stage: CLIP feature distillation with a selection volume, RDA and FDA losses."""

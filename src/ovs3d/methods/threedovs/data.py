@@ -1,0 +1,160 @@
+"""Training data of the semantic stage, with the frozen geometry marched once.
+
+Density never changes in the 3D-OVS semantic stage, so the compositing weights of every training ray are
+fixed. Instead of marching each ray from scratch at every step (the reference's 482 samples per ray),
+each ray is marched once here and only its ``K`` heaviest samples (position and weight) are kept; a
+training step then evaluates the appearance, feature and selection branches at ``K`` points per ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovs3d.io.scene import Scene
+from ovs3d.methods.radiance import march
+from ovs3d.methods.reconstruction import TrainedField
+from ovs3d.methods.scene_rays import ray_near, rays_at
+from ovs3d.render.rays import pixel_grid
+from ovs3d.utils.console import progress
+
+
+@dataclass
+class RaySamples:
+    """The weight-carrying samples of a set of rays.
+
+    Attributes:
+        xyz: ``[R, K, 3]`` sample positions (field frame).
+        weights: ``[R, K]`` compositing weights (0 for padding).
+        viewdirs: ``[R, 3]`` unit ray directions.
+        captured: ``[R]`` fraction of each ray's total weight that the ``K`` samples keep.
+    """
+
+    xyz: Tensor
+    weights: Tensor
+    viewdirs: Tensor
+    captured: Tensor
+
+    def __len__(self) -> int:
+        return self.xyz.shape[0]
+
+    def index(self, idx: Tensor) -> RaySamples:
+        """Subset of rays ``idx`` ``[B]``."""
+        return RaySamples(self.xyz[idx], self.weights[idx], self.viewdirs[idx], self.captured[idx])
+
+    def to(self, device) -> RaySamples:
+        """Move to ``device``."""
+        return RaySamples(*(t.to(device) for t in (self.xyz, self.weights, self.viewdirs, self.captured)))
+
+    @staticmethod
+    def cat(items: list[RaySamples]) -> RaySamples:
+        """Concatenate along rays."""
+        return RaySamples(
+            *(torch.cat([getattr(i, k) for i in items]) for k in ("xyz", "weights", "viewdirs", "captured"))
+        )
+
+
+@torch.no_grad()
+def top_samples(
+    trained: TrainedField, rays_o: Tensor, rays_d: Tensor, near: float, k: int, chunk: int = 4096
+) -> RaySamples:
+    """March rays through the frozen density and keep each ray's ``k`` heaviest samples.
+
+    Args:
+        trained: the reconstructed field.
+        rays_o: ``[R, 3]`` origins (field frame).
+        rays_d: ``[R, 3]`` directions.
+        near: minimum ray parameter.
+        k: samples kept per ray.
+        chunk: rays marched at once.
+
+    Returns:
+        :class:`RaySamples` (samples below the marching weight threshold are zero-weight padding).
+    """
+    device = trained.field.aabb.device
+    out = []
+    thr = trained.config.march.weight_threshold
+    for i in range(0, rays_o.shape[0], chunk):
+        o, d = rays_o[i : i + chunk].to(device), rays_d[i : i + chunk].to(device)
+        m = march(trained.field, trained.occupancy, o, d, trained.config.march, near=near)
+        kk = min(k, m.weights.shape[1])
+        w, idx = m.weights.topk(kk, dim=1)  # [r, K]
+        idx, order = idx.sort(dim=1)  # front to back
+        w = torch.gather(w, 1, order)
+        xyz = torch.gather(m.xyz, 1, idx[..., None].expand(-1, -1, 3))
+        w = torch.where(w > thr, w, torch.zeros_like(w))
+        total = m.weights.sum(1).clamp_min(1e-8)
+        out.append(RaySamples(xyz.cpu(), w.cpu(), F.normalize(d, dim=-1).cpu(), (w.sum(1) / total).cpu()))
+    return RaySamples.cat(out)
+
+
+def view_pixel_samples(
+    trained: TrainedField, scene: Scene, views: list[int], downscale: float, k: int, desc: str = "caching ray samples"
+) -> RaySamples:
+    """Samples of every pixel ray of ``views`` at ``1/downscale``, views concatenated, row-major."""
+    w, h = scene.image_size(downscale)
+    u, v = pixel_grid(w, h)
+    near = ray_near(scene)
+    parts = []
+    for view in progress(views, desc=desc):
+        o, d = rays_at(scene, view, downscale, u, v)
+        parts.append(top_samples(trained, o, d, near, k))
+    return RaySamples.cat(parts)
+
+
+def token_grid(width: int, height: int, stride: int) -> tuple[Tensor, Tensor]:
+    """Image coordinates of the centres of the ``stride`` x ``stride`` cells of a feature map.
+
+    A ray through a cell centre stands for the cell (the reference averages the 8x8 rays of the cell,
+    which for a pinhole camera is the same ray up to its length).
+
+    Returns:
+        ``u`` ``[h * w]`` and ``v`` ``[h * w]`` with ``h = height // stride``, ``w = width // stride``.
+    """
+    gh, gw = height // stride, width // stride
+    v, u = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
+    return (u.reshape(-1) + 0.5) * stride, (v.reshape(-1) + 0.5) * stride
+
+
+def view_token_samples(
+    trained: TrainedField, scene: Scene, views: list[int], downscale: float, stride: int, k: int
+) -> RaySamples:
+    """Samples of the rays through the DINO cells of ``views`` (images at ``1/downscale``), row-major."""
+    w, h = scene.image_size(downscale)
+    u, v = token_grid(w, h, stride)
+    near = ray_near(scene)
+    parts = []
+    for view in progress(views, desc="caching DINO-cell rays"):
+        o, d = rays_at(scene, view, downscale, u, v)
+        parts.append(top_samples(trained, o, d, near, k))
+    return RaySamples.cat(parts)
+
+
+def patch_indices(
+    n_views: int, grid_h: int, grid_w: int, patch: int, n_patches: int, generator: torch.Generator
+) -> Tensor:
+    """Random square patches of cells: ``[n_patches, patch * patch]`` flat indices into the views' cells.
+
+    Each patch picks a random view and a uniformly random top-left corner (the reference's patch
+    sampler); patches larger than the grid are clipped to it.
+    """
+    ph, pw = min(patch, grid_h), min(patch, grid_w)
+    view = torch.randint(0, n_views, (n_patches,), generator=generator)
+    top = torch.randint(0, grid_h - ph + 1, (n_patches,), generator=generator)
+    left = torch.randint(0, grid_w - pw + 1, (n_patches,), generator=generator)
+    dy, dx = torch.meshgrid(torch.arange(ph), torch.arange(pw), indexing="ij")
+    rows = top[:, None] + dy.reshape(1, -1)
+    cols = left[:, None] + dx.reshape(1, -1)
+    return view[:, None] * (grid_h * grid_w) + rows * grid_w + cols
+
+
+def normalized_clip_targets(features: np.ndarray) -> Tensor:
+    """Per-scale L2-normalised pixel CLIP features of one view: ``[S, h, w, D]`` -> ``[h * w, S, D]`` float16."""
+    t = torch.from_numpy(np.asarray(features, dtype=np.float32))
+    t = F.normalize(t, dim=-1)
+    s, h, w, d = t.shape
+    return t.permute(1, 2, 0, 3).reshape(h * w, s, d).to(torch.float16)

@@ -1,0 +1,1 @@
+"""Pure tensor functions: rays, sampling, volume rendering."""

@@ -1,0 +1,73 @@
+"""Volume rendering as pure functions (NeRF quadrature, Eq. 1 of 3D-OVS).
+
+Dense layout: ``R`` rays by ``N`` samples, with a boolean ``valid`` mask for samples that were skipped
+(outside the box or in empty space); skipped samples have zero density and therefore zero weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def alpha_from_density(sigmas: Tensor, deltas: Tensor, distance_scale: float = 1.0) -> Tensor:
+    """Opacity of each sample, ``alpha = 1 - exp(-sigma * delta * distance_scale)``.
+
+    Args:
+        sigmas: ``[R, N]`` non-negative densities.
+        deltas: ``[R, N]`` segment lengths.
+        distance_scale: TensoRF's ``distance_scale`` (25) multiplying every segment length.
+
+    Returns:
+        ``[R, N]`` opacities in [0, 1).
+    """
+    return 1.0 - torch.exp(-sigmas * deltas * distance_scale)
+
+
+def render_weights(alphas: Tensor) -> tuple[Tensor, Tensor]:
+    """Compositing weights ``w_i = T_i * alpha_i`` with ``T_i = prod_{j<i} (1 - alpha_j)``.
+
+    Args:
+        alphas: ``[R, N]`` opacities along each ray, front to back.
+
+    Returns:
+        ``weights`` ``[R, N]`` and ``transmittance`` ``[R, N]`` (light reaching each sample).
+    """
+    ones = torch.ones_like(alphas[..., :1])
+    # +1e-10 as in NeRF/TensoRF: keeps the product differentiable when alpha reaches 1.
+    trans = torch.cumprod(torch.cat([ones, 1.0 - alphas + 1e-10], dim=-1), dim=-1)[..., :-1]
+    return alphas * trans, trans
+
+
+def accumulate(weights: Tensor, values: Tensor) -> Tensor:
+    """Weighted sum of per-sample values along each ray.
+
+    Args:
+        weights: ``[R, N]`` compositing weights.
+        values: ``[R, N, D]`` per-sample values (colours, features...).
+
+    Returns:
+        ``[R, D]``.
+    """
+    return torch.einsum("rn,rnd->rd", weights, values)
+
+
+def accumulate_packed(weights: Tensor, values: Tensor, ray_indices: Tensor, n_rays: int) -> Tensor:
+    """Weighted sum for samples stored packed (only the samples that matter).
+
+    Args:
+        weights: ``[M]`` weights of the kept samples.
+        values: ``[M, D]`` their values.
+        ray_indices: ``[M]`` long, the ray each sample belongs to.
+        n_rays: number of rays ``R``.
+
+    Returns:
+        ``[R, D]``; rays without samples get zeros.
+    """
+    out = values.new_zeros(n_rays, values.shape[-1])
+    return out.index_add(0, ray_indices, weights[:, None] * values)
+
+
+def expected_depth(weights: Tensor, t_mid: Tensor) -> Tensor:
+    """Expected ray parameter ``sum_i w_i t_i`` ``[R]`` from ``weights`` ``[R, N]`` and ``t_mid`` ``[R, N]``."""
+    return (weights * t_mid).sum(-1)

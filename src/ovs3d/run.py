@@ -1,0 +1,364 @@
+"""Run folders: fit, evaluate and render, as importable functions (the CLI only parses and calls these).
+
+A run folder (SPEC §4)::
+
+    RUN/
+      config.json                 self-describing run configuration (scene, method, backends, every stage)
+      checkpoints/*.pt            atomic, self-describing checkpoints (version, kind, config, step, state)
+      logs/*.jsonl                training curves
+      eval/metrics.json           scores (SPEC §4/§5), eval/pred/NN/<label>.png, eval/overlays/NN.png
+      render/                     images and videos of `ovs3d render`
+
+``fit`` on an existing run resumes it with the stored configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ovs3d.errors import OVS3DError
+from ovs3d.foundation.features import FeatureConfig
+from ovs3d.foundation.pixel_clip import PixelClipConfig
+from ovs3d.methods.reconstruction import (
+    CHECKPOINT_NAME,
+    ReconstructionConfig,
+    config_from_dict,
+    load_trained_field,
+    render_view,
+    train_reconstruction,
+)
+from ovs3d.methods.threedovs.trainer import SemanticConfig, semantic_config_from_dict
+from ovs3d.utils.device import resolve_device
+from ovs3d.utils.files import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+RUN_VERSION = 1
+Method = Literal["rgb", "3dovs"]
+
+
+@dataclass
+class FitConfig:
+    """Everything ``ovs3d fit`` needs to go from a scene folder to a trained (semantic) field."""
+
+    scene: Path
+    """Scene folder (SPEC §1)."""
+    out: Path
+    """Run folder to create or resume."""
+    method: Method = "3dovs"
+    """``3dovs``: reconstruction + 3D-OVS semantic distillation; ``rgb``: reconstruction only."""
+    holdout: bool = False
+    """Novel-view protocol: annotated views take no part in training (no RGB, features or masks)."""
+    kind: Literal["auto", "forward", "bounded"] = "auto"
+    """Scene kind; ``auto`` detects it from the poses."""
+    device: str = "auto"
+    """Torch device: auto (CUDA if available), cpu, cuda, cuda:N."""
+    clip: str = "auto"
+    """CLIP backend: sim, open_clip:<arch>:<tag or weights file>; auto = sim on synthetic scenes, else
+    open_clip:ViT-B-16:openai (what 3D-OVS used)."""
+    dino: str = "auto"
+    """DINO backend: sim, timm:<name>[:<weights file>]; auto = sim on synthetic scenes, else
+    timm:vit_base_patch8_224.dino (DINO v1 ViT-B/8, as 3D-OVS)."""
+    masks: str = "auto"
+    """Mask proposals: sim, superpixel, sam:<vit_h|vit_l|vit_b>:<checkpoint> (not used by 3dovs)."""
+    allow_download: bool = False
+    """Let backends download weights that are not cached (never needed with explicit weight files)."""
+    cache_dir: Path | None = None
+    """Feature cache folder (default: <scene>/.ovs3d_cache)."""
+    recon: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    """RGB reconstruction stage."""
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    """Foundation-model features (pixel CLIP, DINO)."""
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    """3D-OVS semantic stage."""
+
+
+def _load_scene(path: Path, kind: str):
+    from ovs3d.io.loader import load_scene
+
+    return load_scene(path, kind=kind)
+
+
+def _config_dict(cfg: FitConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["scene"] = str(Path(cfg.scene).resolve())
+    d["out"] = str(Path(cfg.out).resolve())
+    return d
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = list(a), list(b)
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def read_run_config(run: Path) -> dict[str, Any]:
+    """The stored ``config.json`` of a run folder (one clear error if it is not a run)."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise OVS3DError(f"{run} is not an ovs3d run folder (no config.json); create one with `ovs3d fit`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise OVS3DError(f"{path} is not valid JSON ({e.msg}); delete the run folder and fit again") from e
+    if data.get("version") != RUN_VERSION:
+        raise OVS3DError(f"{path} is from another ovs3d version; fit into a new --out folder")
+    return data
+
+
+def fit(cfg: FitConfig) -> Path:
+    """Create or resume a run: reconstruction, then (method ``3dovs``) features and semantic training.
+
+    Returns:
+        The run folder.
+    """
+    run = Path(cfg.out)
+    new = _config_dict(cfg)
+    if (run / "config.json").exists():
+        stored = read_run_config(run)["fit"]
+        changed = [k for k in _diff(stored, new) if k != "out"]
+        if changed:
+            raise OVS3DError(
+                f"{run} was created with other settings ({', '.join(changed[:4])}); "
+                "resume it with the same flags or choose a new --out"
+            )
+        logger.info("resuming run %s", run)
+    elif run.exists() and any(run.iterdir()):
+        raise OVS3DError(f"{run} exists and is not an ovs3d run folder; choose a new --out")
+    scene = _load_scene(cfg.scene, cfg.kind)
+    device = resolve_device(cfg.device)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        run / "config.json",
+        {"version": RUN_VERSION, "fit": new, "scene_kind": scene.kind, "classes": scene.classes},
+    )
+    views = scene.train_views(cfg.holdout)
+    if not views:
+        raise OVS3DError("no training views are left (every view is annotated and --holdout is set)")
+    train_reconstruction(scene, run, cfg.recon, views, device=device)
+    if cfg.method == "3dovs":
+        from ovs3d.methods.threedovs.pipeline import fit_semantic
+
+        fit_semantic(scene, run, cfg, device=device)
+    return run
+
+
+def fit_config_from_run(run: Path) -> FitConfig:
+    """Rebuild the :class:`FitConfig` a run was created with."""
+    d = dict(read_run_config(run)["fit"])
+    d["scene"], d["out"] = Path(d["scene"]), Path(d["out"])
+    d["recon"] = config_from_dict(d["recon"])
+    d["semantic"] = semantic_config_from_dict(d["semantic"])
+    feat = dict(d["features"])
+    pc = dict(feat["pixel_clip"])
+    pc["patch_divisors"] = tuple(pc["patch_divisors"])
+    feat["pixel_clip"] = PixelClipConfig(**pc)
+    d["features"] = FeatureConfig(**feat)
+    if d.get("cache_dir"):
+        d["cache_dir"] = Path(d["cache_dir"])
+    known = {f.name for f in dataclasses.fields(FitConfig)}
+    return FitConfig(**{k: v for k, v in d.items() if k in known})
+
+
+def psnr_views(run: Path) -> tuple[list[int], str]:
+    """Views PSNR is reported on (SPEC §4): held-out views under --holdout, else the training views."""
+    cfg = fit_config_from_run(run)
+    scene = _load_scene(cfg.scene, cfg.kind)
+    if cfg.holdout:
+        return list(scene.annotated), "held-out views"
+    return scene.train_views(False), "training views"
+
+
+def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
+    """Score a run (SPEC §4/§5): segmentation of every annotated view, and PSNR; writes ``RUN/eval/``.
+
+    Args:
+        run: run folder.
+        max_psnr_views: PSNR over the training views uses at most this many, evenly spread (speed).
+
+    Returns:
+        The metrics dictionary written to ``RUN/eval/metrics.json``.
+    """
+    from ovs3d.eval.metrics import psnr
+
+    cfg = fit_config_from_run(run)
+    scene = _load_scene(cfg.scene, cfg.kind)
+    device = resolve_device(cfg.device)
+    trained = load_trained_field(Path(run) / "checkpoints" / CHECKPOINT_NAME, device)
+    views = list(scene.annotated) if cfg.holdout else scene.train_views(False)
+    if not cfg.holdout and len(views) > max_psnr_views:
+        views = [views[i] for i in np.linspace(0, len(views) - 1, max_psnr_views).round().astype(int)]
+    ds = cfg.recon.rgb_downscale
+    per_view, images = {}, {}
+    for v in views:
+        out = render_view(trained, scene, v, ds)
+        gt = scene.load_image(v, ds)
+        per_view[v] = float(psnr(out["rgb"], gt))
+        images[v] = (out["rgb"], gt)
+    protocol = "novel-view" if cfg.holdout else "3dovs"
+    mean_psnr = float(np.mean(list(per_view.values()))) if per_view else float("nan")
+    extra = {
+        "psnr": mean_psnr,
+        "psnr_views": "held-out views" if cfg.holdout else "training views",
+        "psnr_per_view": {f"{v:02d}": p for v, p in per_view.items()},
+        "method": cfg.method,
+        "rgb_resolution": list(scene.image_size(ds)),
+    }
+    eval_dir = Path(run) / "eval"
+    if cfg.method == "rgb" or not scene.classes:
+        from ovs3d.eval.report import write_rgb_eval
+
+        return write_rgb_eval(eval_dir, per_view, images, protocol, extra)
+    from ovs3d.methods.threedovs.pipeline import evaluate_semantic
+
+    return evaluate_semantic(scene, Path(run), cfg, device, protocol, extra)
+
+
+def render(
+    run: Path,
+    views: list[int] | None = None,
+    path_frames: int = 60,
+    labels: list[str] | None = None,
+    out: Path | None = None,
+    fps: int = 24,
+) -> Path:
+    """Render RGB and depth (and, after a semantic fit, segmentation and per-label relevancy) of chosen
+    views and along a smooth camera path; writes images and MP4 videos.
+
+    Args:
+        run: run folder.
+        views: views to render (default: the annotated views, else the first, middle and last).
+        path_frames: frames of the camera path video (0: no video).
+        labels: texts to render relevancy for (any text; default: the scene's labels).
+        out: output folder (default ``RUN/render``).
+        fps: video frame rate.
+
+    Returns:
+        The output folder.
+    """
+    import torch
+
+    from ovs3d.eval.visualize import depth_colormap, label_palette, overlay_segmentation, relevancy_heatmap
+    from ovs3d.io.video import write_video
+    from ovs3d.methods.scene_rays import camera_rays_in_field, ray_near
+    from ovs3d.render.paths import orbit_path, spiral_path
+    from ovs3d.render.rays import pixel_grid
+    from ovs3d.utils.console import progress
+    from ovs3d.utils.files import atomic_write_image
+
+    cfg = fit_config_from_run(run)
+    scene = _load_scene(cfg.scene, cfg.kind)
+    device = resolve_device(cfg.device)
+    trained = load_trained_field(Path(run) / "checkpoints" / CHECKPOINT_NAME, device)
+    semantic = None
+    sem_ckpt = Path(run) / "checkpoints" / "semantic.pt"
+    if cfg.method == "3dovs" and sem_ckpt.exists():
+        from ovs3d.methods.threedovs import pipeline as sem
+        from ovs3d.methods.threedovs.trainer import load_semantic
+
+        heads, scfg, text = load_semantic(trained, Path(run), device)
+        queries = list(labels or scene.classes)
+        if labels:
+            clip, _ = sem.build_backends(cfg, scene, device, need_dino=False)
+            qtext = torch.nn.functional.normalize(clip.encode_text(queries).float(), dim=-1).cpu()
+        else:
+            qtext = text.cpu()
+        semantic = (heads, scfg, text.cpu(), queries, qtext)
+    out = Path(out or Path(run) / "render")
+    ds = cfg.features.semantic_downscale if semantic else cfg.recon.rgb_downscale
+    w, h = scene.image_size(ds)
+    u, v = pixel_grid(w, h)
+    near = ray_near(scene)
+    palette = label_palette(len(scene.classes))
+    depth_range = (float(np.percentile(scene.near_far[:, 0], 5)), float(np.percentile(scene.near_far[:, 1], 95)))
+
+    def frame(c2w: np.ndarray, intr: np.ndarray) -> dict[str, np.ndarray]:
+        o, d = camera_rays_in_field(scene, c2w, intr, ds, u, v)
+        if semantic is None:
+            from ovs3d.methods.reconstruction import render_rays_chunked
+
+            r = render_rays_chunked(trained, o, d, near, (h, w))
+            rgb, depth = r["rgb"], r["depth"]
+        else:
+            heads, scfg, text, queries, qtext = semantic
+            r = sem.render_semantic_rays(trained, heads, o, d, near, scfg.samples_per_ray)
+            rgb = r["rgb"].reshape(h, w, 3).numpy()
+            feats = r["features"]
+            depth = render_rays_depth(o, d)
+        res = {"rgb": (np.clip(rgb, 0, 1) * 255).astype(np.uint8)}
+        res["depth"] = depth_colormap(_depth_to_metric(scene, depth), *depth_range)
+        if semantic is not None:
+            labels_map = sem.predict_labels(feats.reshape(h, w, -1), text)
+            res["segmentation"] = overlay_segmentation(rgb, labels_map, palette)
+            rel = torch.nn.functional.normalize(feats, dim=-1) @ qtext.T  # [h*w, Q]
+            for qi, q in enumerate(queries):
+                r_q = rel[:, qi].reshape(h, w).numpy()
+                lo, hi = float(r_q.min()), float(r_q.max())
+                res[f"relevancy_{_slug(q)}"] = relevancy_heatmap((r_q - lo) / max(hi - lo, 1e-6), rgb)
+        return res
+
+    def render_rays_depth(o, d):
+        from ovs3d.methods.reconstruction import render_rays_chunked
+
+        return render_rays_chunked(trained, o, d, near, (h, w))["depth"]
+
+    intr_all = scene.intrinsics_at(ds)
+    if views is None:
+        views = list(scene.annotated) or sorted({0, scene.n_views // 2, scene.n_views - 1})
+    for view in progress(views, desc="rendering views"):
+        for kind, img in frame(scene.c2w[view], intr_all[view]).items():
+            atomic_write_image(out / "views" / f"{view:02d}_{kind}.png", img)
+    if path_frames > 0:
+        if scene.kind == "forward":
+            cams = spiral_path(scene.c2w, scene.near_far, path_frames)
+        else:
+            center = (np.asarray(scene.aabb)[0] + np.asarray(scene.aabb)[1]) / 2
+            cams = orbit_path(scene.c2w, center, path_frames)
+        videos: dict[str, list[np.ndarray]] = {}
+        for c2w in progress(list(cams), desc="rendering camera path"):
+            for kind, img in frame(c2w, intr_all[0]).items():
+                videos.setdefault(kind, []).append(img)
+        for kind, frames in videos.items():
+            write_video(out / f"path_{kind}.mp4", frames, fps=fps)
+    return out
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")[:40]
+
+
+def _depth_to_metric(scene, depth: np.ndarray) -> np.ndarray:
+    """Camera depth from the ray parameter: NDC t in [0, 1) maps to depth near / (1 - t)."""
+    if scene.kind == "forward":
+        return 1.0 / np.clip(1.0 - depth, 1e-3, None)
+    return depth
+
+
+def demo(out: Path = Path("ovs3d-demo"), seed: int = 0, method: Method = "3dovs", frames: int = 30) -> dict:
+    """``ovs3d demo``: write the default synthetic scene, fit it, evaluate and render; returns the metrics.
+
+    The scene goes to ``out/scene`` and the run to ``out/run``; an existing demo folder is reused
+    (the scene is kept and the run resumes).
+    """
+    from ovs3d.scenegen.tabletop import make_scene
+
+    out = Path(out)
+    scene_dir = out / "scene"
+    if not (scene_dir / "poses_bounds.npy").exists():
+        make_scene("tabletop", seed, scene_dir)
+    fit(FitConfig(scene=scene_dir, out=out / "run", method=method))
+    metrics = evaluate(out / "run")
+    render(out / "run", path_frames=frames)
+    return metrics

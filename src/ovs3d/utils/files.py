@@ -1,0 +1,124 @@
+"""Atomic file writes and self-describing checkpoints.
+
+Everything a run keeps (checkpoints, caches, metrics, images) goes through these helpers: data is written
+to a temporary file in the destination folder, flushed, and renamed over the target, so a crash leaves
+either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ovs3d.errors import OVS3DError
+
+CHECKPOINT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+
+    Args:
+        path: final destination.
+        suffix: suffix of the temporary file (defaults to the destination's, so writers that pick a
+            format from the extension, like imageio, keep working).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (numpy scalars/arrays and paths are converted)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a uint8/uint16 image (PNG/JPG by extension) atomically.
+
+    Args:
+        path: destination; the extension picks the format.
+        image: ``[H, W]`` or ``[H, W, 3|4]`` uint8 or uint16 array.
+    """
+    import imageio.v3 as iio
+
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, image, extension=Path(path).suffix)
+
+
+def save_checkpoint(path: str | os.PathLike, *, config: dict, step: int, state: dict, kind: str) -> None:
+    """Save a self-describing checkpoint atomically.
+
+    The file holds ``{"version", "kind", "config", "step", "state"}`` with only tensors, numbers, strings,
+    lists and dicts, so it loads with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: destination ``.pt`` file.
+        config: the run's configuration as plain data (``dataclasses.asdict``).
+        step: the training step the state belongs to.
+        state: model and optimiser state (``state_dict`` results and plain data).
+        kind: what the checkpoint holds (``"reconstruction"``, ``"semantic"``...).
+    """
+    payload = {"version": CHECKPOINT_VERSION, "kind": kind, "config": config, "step": int(step), "state": state}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``, onto the CPU).
+
+    Raises:
+        OVS3DError: the file is missing, unreadable, of another version or of another kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise OVS3DError(f"checkpoint {path} does not exist; run `ovs3d fit` first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file
+        raise OVS3DError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it and re-run") from e
+    if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
+        raise OVS3DError(f"checkpoint {path} is not an ovs3d v{CHECKPOINT_VERSION} checkpoint; delete it and re-run")
+    if kind is not None and payload.get("kind") != kind:
+        raise OVS3DError(f"checkpoint {path} holds a {payload.get('kind')!r} state, expected {kind!r}")
+    return payload

@@ -1,0 +1,177 @@
+"""Metrics (SPEC §5) against hand-computed cases and, when installed, sklearn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ovs3d.eval.metrics import (
+    aggregate,
+    masks_to_labels,
+    psnr,
+    query_recall,
+    relevancy_distance,
+    segmentation_view_metrics,
+    view_key,
+)
+
+CLASSES = ["apple", "bowl", "cup"]
+
+
+def _view1():
+    """3x3 view: (1,0) has labels apple+bowl, (2,0) has none, cup is absent from GT and prediction."""
+    gt = np.zeros((3, 3, 3), dtype=bool)
+    gt[0, 0, :] = True  # apple: top row
+    gt[0, 1, 0] = True  # apple also at (1, 0)
+    gt[1, 1, :] = True  # bowl: middle row (incl. (1, 0): multi-labelled)
+    gt[1, 2, 1:] = True  # bowl: (2, 1), (2, 2); (2, 0) unlabelled
+    pred = np.array([[0, 0, 1], [0, 1, 1], [0, 1, 1]])
+    return gt, pred
+
+
+def _view2():
+    gt = np.zeros((3, 3, 3), dtype=bool)
+    gt[0] = True
+    return gt, np.zeros((3, 3), dtype=np.int64)
+
+
+def test_view_metrics_hand_computed():
+    gt, pred = _view1()
+    m = segmentation_view_metrics(gt, pred, CLASSES)
+    # apple: GT {00,01,02,10}, pred {00,01,10,20}: inter 3, union 5
+    # bowl: GT {10,11,12,21,22}, pred {02,11,12,21,22}: inter 4, union 6
+    assert m["iou"] == pytest.approx({"apple": 0.6, "bowl": 4 / 6, "cup": 0.0})
+    assert m["miou"] == pytest.approx((0.6 + 4 / 6 + 0.0) / 3)
+    # right: 00, 01, 11, 12, 21, 22; wrong: 02 (miss), 10 (multi-labelled), 20 (unlabelled)
+    assert m["accuracy"] == pytest.approx(6 / 9)
+    assert m["tp"] == {"apple": 3, "bowl": 4, "cup": 0}
+    assert m["gt_pixels"] == {"apple": 4, "bowl": 5, "cup": 0}
+    assert m["pred_pixels"] == {"apple": 4, "bowl": 5, "cup": 0}
+    assert m["n_pixels"] == 9
+
+
+def test_absent_label_scores_zero_and_lowers_miou():
+    gt, pred = _view2()  # all apple, all predicted apple
+    m = segmentation_view_metrics(gt, pred, CLASSES)
+    assert m["iou"] == {"apple": 1.0, "bowl": 0.0, "cup": 0.0}
+    assert m["miou"] == pytest.approx(1 / 3)
+    assert m["accuracy"] == 1.0
+    only = segmentation_view_metrics(gt[:1], pred, CLASSES[:1])
+    assert only["miou"] == 1.0
+
+
+def test_unlabelled_pixels_always_wrong():
+    gt = np.zeros((2, 3, 3), dtype=bool)
+    for p in range(2):
+        m = segmentation_view_metrics(gt, np.full((3, 3), p), ["a", "b"])
+        assert m["accuracy"] == 0.0
+        assert m["iou"][["a", "b"][p]] == 0.0  # predicted, not in GT: false positives
+
+
+def test_multi_labelled_pixels_always_wrong():
+    gt = np.ones((2, 3, 3), dtype=bool)
+    for p in range(2):
+        m = segmentation_view_metrics(gt, np.full((3, 3), p), ["a", "b"])
+        assert m["accuracy"] == 0.0
+        assert m["gt_pixels"] == {"a": 9, "b": 9}  # counted for each of its labels in mAcc
+
+
+def test_aggregate_structure_and_values():
+    v1 = segmentation_view_metrics(*_view1(), CLASSES)
+    v2 = segmentation_view_metrics(*_view2(), CLASSES)
+    agg = aggregate({7: v2, 3: v1}, CLASSES)
+    assert set(agg) >= {"miou", "accuracy", "macc", "per_view", "classes"}
+    assert agg["classes"] == CLASSES
+    assert list(agg["per_view"]) == ["03", "07"]
+    assert set(agg["per_view"]["03"]) == {"miou", "accuracy", "iou"}
+    assert agg["per_view"]["03"]["iou"]["apple"] == pytest.approx(0.6)
+    assert agg["miou"] == pytest.approx((0.6 + 4 / 6 + 0 + 1 + 0 + 0) / 6)
+    assert agg["accuracy"] == pytest.approx((6 / 9 + 1) / 2)
+    # pooled recall: apple (3 + 9) / (4 + 9), bowl 4 / 5, cup has no GT pixel -> left out
+    assert agg["macc"] == pytest.approx(((12 / 13) + 0.8) / 2)
+    assert agg["class_recall"]["cup"] is None
+    assert agg["n_views"] == 2
+
+
+def test_aggregate_empty():
+    agg = aggregate({}, CLASSES)
+    assert agg["miou"] == 0.0 and agg["accuracy"] == 0.0 and agg["macc"] == 0.0 and agg["per_view"] == {}
+
+
+def test_input_validation():
+    gt, pred = _view1()
+    with pytest.raises(ValueError):
+        segmentation_view_metrics(gt, pred + 5, CLASSES)
+    with pytest.raises(ValueError):
+        segmentation_view_metrics(gt[:2], pred, CLASSES)
+    with pytest.raises(ValueError):
+        segmentation_view_metrics(gt, pred[:2], CLASSES)
+
+
+def test_masks_to_labels_and_view_key():
+    gt, _ = _view1()
+    lab = masks_to_labels(gt)
+    assert lab[2, 0] == -1 and lab[1, 0] == 0 and lab[1, 1] == 1
+    assert view_key(3) == "03" and view_key(12) == "12" and view_key(123) == "123"
+
+
+def test_matches_sklearn_on_random_multilabel():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        c = int(rng.integers(2, 5))
+        h, w = int(rng.integers(2, 7)), int(rng.integers(2, 7))
+        gt = rng.random((c, h, w)) < rng.uniform(0.1, 0.6)
+        pred = rng.integers(0, c, size=(h, w))
+        if trial % 4 == 0:
+            pred[:] = 0  # labels absent from the prediction
+            gt[-1] = False  # and one absent from both
+        classes = [f"l{i}" for i in range(c)]
+        m = segmentation_view_metrics(gt, pred, classes)
+        gt_flat = gt.reshape(c, -1).T.astype(int)  # [H*W, C]
+        onehot = np.eye(c, dtype=int)[pred.ravel()]
+        ref_iou = metrics.jaccard_score(gt_flat, onehot, average=None, zero_division=0)
+        np.testing.assert_allclose([m["iou"][k] for k in classes], ref_iou)
+        assert m["accuracy"] == pytest.approx(metrics.accuracy_score(gt_flat, onehot))
+
+
+def test_psnr():
+    gt = np.zeros((4, 4, 3))
+    assert psnr(gt + 0.1, gt) == pytest.approx(20.0)
+    assert psnr(gt + 0.01, gt) == pytest.approx(40.0)
+    assert psnr(gt, gt) == 100.0
+    with pytest.raises(ValueError):
+        psnr(gt, gt[:2])
+
+
+def test_relevancy_distance():
+    mask = np.zeros((3, 3), dtype=bool)
+    mask[0] = True
+    assert relevancy_distance(np.full((3, 3), 0.5), mask) == pytest.approx(0.25)
+    assert relevancy_distance(mask.astype(float), mask) == 0.0
+    rel = np.zeros((3, 3))
+    rel[0, 0] = 0.4  # 0.36 at (0,0), 1 at (0,1), (0,2)
+    assert relevancy_distance(rel, mask) == pytest.approx((0.36 + 2) / 9)
+
+
+def test_query_recall():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[:5, :5] = True
+    rel = np.zeros((10, 10))
+    rel[:2, :5] = np.linspace(0.5, 1.0, 10).reshape(2, 5)  # top 10 pixels all inside
+    assert query_recall(rel, mask)
+    rel2 = rel.copy()
+    rel2[9, 9] = 0.99  # 9 of the top 10 inside: exactly 90% succeeds
+    assert query_recall(rel2, mask)
+    rel3 = rel2.copy()
+    rel3[9, 8] = 0.98  # 8 of 10
+    assert not query_recall(rel3, mask)
+    # flat maps: every pixel is tied for the top set
+    assert not query_recall(np.ones((10, 10)), mask)
+    assert query_recall(np.ones((10, 10)), np.ones((10, 10), dtype=bool))
+    # 3x3: top 10% is one pixel
+    small = np.zeros((3, 3))
+    small[1, 1] = 1.0
+    m = np.zeros((3, 3), dtype=bool)
+    m[1, 1] = True
+    assert query_recall(small, m) and not query_recall(small, ~m)

@@ -1,0 +1,59 @@
+import torch
+
+from ovs3d.render.sampling import samples_per_ray, stratified_samples
+from ovs3d.render.volume import accumulate, accumulate_packed, alpha_from_density, render_weights
+
+
+def naive_render(sigmas, deltas, values):
+    out = []
+    for r in range(sigmas.shape[0]):
+        trans, acc = 1.0, torch.zeros(values.shape[-1], dtype=values.dtype)
+        for i in range(sigmas.shape[1]):
+            alpha = 1 - torch.exp(-sigmas[r, i] * deltas[r, i])
+            acc = acc + trans * alpha * values[r, i]
+            trans = trans * (1 - alpha)
+        out.append(acc)
+    return torch.stack(out)
+
+
+def test_render_matches_naive_loop():
+    g = torch.Generator().manual_seed(0)
+    sig = torch.rand(7, 13, generator=g, dtype=torch.float64) * 3
+    dt = torch.rand(7, 13, generator=g, dtype=torch.float64) * 0.3
+    vals = torch.rand(7, 13, 4, generator=g, dtype=torch.float64)
+    w, trans = render_weights(alpha_from_density(sig, dt))
+    assert torch.allclose(accumulate(w, vals), naive_render(sig, dt, vals), atol=1e-8)
+    assert torch.all(w.sum(-1) <= 1 + 1e-9)
+    assert torch.allclose(trans[:, 0], torch.ones(7, dtype=torch.float64))
+
+
+def test_packed_equals_dense():
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(5, 6, generator=g)
+    w[w < 0.5] = 0
+    vals = torch.rand(5, 6, 3, generator=g)
+    keep = w > 0
+    packed = accumulate_packed(w[keep], vals[keep], keep.nonzero()[:, 0], 5)
+    assert torch.allclose(packed, accumulate(w, vals), atol=1e-6)
+
+
+def test_opaque_first_sample_takes_all_weight():
+    alphas = torch.tensor([[1.0, 0.5, 0.5]])
+    w, _ = render_weights(alphas)
+    assert torch.allclose(w, torch.tensor([[1.0, 0.0, 0.0]]), atol=1e-6)
+
+
+def test_stratified_samples_in_bins():
+    tn, tf = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 3.0])
+    t, dt = stratified_samples(tn, tf, 4, perturb=True, generator=torch.Generator().manual_seed(0))
+    edges0 = torch.linspace(0, 1, 5)
+    assert torch.all((t[0] >= edges0[:-1]) & (t[0] <= edges0[1:]))
+    assert torch.allclose(dt[1], torch.full((4,), 0.5))
+    t_det, _ = stratified_samples(tn, tf, 4, perturb=False)
+    assert torch.allclose(t_det[0], torch.tensor([0.125, 0.375, 0.625, 0.875]))
+
+
+def test_samples_per_ray_half_voxel_steps():
+    d = torch.tensor([[0.0, 0.0, 1.0]])
+    n = samples_per_ray(d, torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([0.1, 0.1, 0.1]), 0.5)
+    assert n == 40  # 20 voxels crossed, 2 samples per voxel
