@@ -72,6 +72,9 @@ class FitConfig:
     """Let backends download weights that are not cached (never needed with explicit weight files)."""
     cache_dir: Path | None = None
     """Feature cache folder (default: <scene>/.ovs3d_cache)."""
+    recon_from: Path | None = None
+    """Start from the finished reconstruction of another run of the same scene and protocol (e.g. to train
+    several semantic variants on one field)."""
     recon: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     """RGB reconstruction stage."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -90,7 +93,9 @@ def _config_dict(cfg: FitConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["scene"] = str(Path(cfg.scene).resolve())
     d["out"] = str(Path(cfg.out).resolve())
-    return d
+    if cfg.recon_from is not None:
+        d["recon_from"] = str(Path(cfg.recon_from).resolve())
+    return json.loads(json.dumps(d, default=str))  # plain JSON types, as stored
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -139,20 +144,46 @@ def fit(cfg: FitConfig) -> Path:
         raise OVS3DError(f"{run} exists and is not an ovs3d run folder; choose a new --out")
     scene = _load_scene(cfg.scene, cfg.kind)
     device = resolve_device(cfg.device)
+    views = scene.train_views(cfg.holdout)
+    if not views:
+        raise OVS3DError("no training views are left (every view is annotated and --holdout is set)")
+    backends = None
+    if cfg.method == "3dovs":
+        from ovs3d.methods.threedovs.pipeline import build_backends, fit_semantic
+
+        if not scene.classes:
+            raise OVS3DError(f"{scene.root} has no segmentations/classes.txt: 3D-OVS needs the label prompts")
+        # Build (and so validate) the foundation models before writing anything or spending minutes on the
+        # reconstruction: a bad flag leaves no half-made run behind.
+        backends = build_backends(cfg, scene, device, need_dino=cfg.semantic.use_fda)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run / "config.json",
         {"version": RUN_VERSION, "fit": new, "scene_kind": scene.kind, "classes": scene.classes},
     )
-    views = scene.train_views(cfg.holdout)
-    if not views:
-        raise OVS3DError("no training views are left (every view is annotated and --holdout is set)")
+    ckpt = run / "checkpoints" / CHECKPOINT_NAME
+    if cfg.recon_from is not None and not ckpt.exists():
+        _copy_reconstruction(Path(cfg.recon_from), cfg, ckpt)
     train_reconstruction(scene, run, cfg.recon, views, device=device)
-    if cfg.method == "3dovs":
-        from ovs3d.methods.threedovs.pipeline import fit_semantic
-
-        fit_semantic(scene, run, cfg, device=device)
+    if backends is not None:
+        fit_semantic(scene, run, cfg, device=device, backends=backends)
     return run
+
+
+def _copy_reconstruction(source_run: Path, cfg: FitConfig, dest: Path) -> None:
+    """Copy a finished reconstruction checkpoint of a compatible run (same scene and protocol)."""
+    import shutil
+
+    src_cfg = read_run_config(source_run)["fit"]
+    if src_cfg["scene"] != str(Path(cfg.scene).resolve()) or bool(src_cfg["holdout"]) != cfg.holdout:
+        raise OVS3DError(f"--recon-from {source_run} was fitted on another scene or protocol")
+    src = Path(source_run) / "checkpoints" / CHECKPOINT_NAME
+    from ovs3d.utils.files import atomic_path, load_checkpoint
+
+    if load_checkpoint(src, kind="reconstruction")["step"] < cfg.recon.n_iters:
+        raise OVS3DError(f"--recon-from {source_run} has not finished its reconstruction; fit it first")
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def fit_config_from_run(run: Path) -> FitConfig:
@@ -166,8 +197,9 @@ def fit_config_from_run(run: Path) -> FitConfig:
     pc["patch_divisors"] = tuple(pc["patch_divisors"])
     feat["pixel_clip"] = PixelClipConfig(**pc)
     d["features"] = FeatureConfig(**feat)
-    if d.get("cache_dir"):
-        d["cache_dir"] = Path(d["cache_dir"])
+    for key in ("cache_dir", "recon_from"):
+        if d.get(key):
+            d[key] = Path(d[key])
     known = {f.name for f in dataclasses.fields(FitConfig)}
     return FitConfig(**{k: v for k, v in d.items() if k in known})
 
@@ -220,7 +252,10 @@ def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
     if cfg.method == "rgb" or not scene.classes:
         from ovs3d.eval.report import write_rgb_eval
 
-        return write_rgb_eval(eval_dir, per_view, images, protocol, extra)
+        preds = {v: pred for v, (pred, _) in images.items()}
+        gts = {v: gt for v, (_, gt) in images.items()}
+        rgb_extra = {k: val for k, val in extra.items() if k != "psnr"}  # write_rgb_eval computes it
+        return write_rgb_eval(eval_dir, per_view, preds, gts, protocol, rgb_extra)
     from ovs3d.methods.threedovs.pipeline import evaluate_semantic
 
     return evaluate_semantic(scene, Path(run), cfg, device, protocol, extra)
@@ -352,7 +387,7 @@ def demo(out: Path = Path("ovs3d-demo"), seed: int = 0, method: Method = "3dovs"
     The scene goes to ``out/scene`` and the run to ``out/run``; an existing demo folder is reused
     (the scene is kept and the run resumes).
     """
-    from ovs3d.scenegen.tabletop import make_scene
+    from ovs3d.scenegen import make_scene
 
     out = Path(out)
     scene_dir = out / "scene"

@@ -57,3 +57,23 @@ def test_samples_per_ray_half_voxel_steps():
     d = torch.tensor([[0.0, 0.0, 1.0]])
     n = samples_per_ray(d, torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([0.1, 0.1, 0.1]), 0.5)
     assert n == 40  # 20 voxels crossed, 2 samples per voxel
+
+
+def test_distortion_loss_matches_pairwise_sum():
+    from ovs3d.render.volume import distortion_loss
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.rand(4, 9, generator=g, dtype=torch.float64)
+    t = torch.sort(torch.rand(4, 9, generator=g, dtype=torch.float64), -1).values
+    dt = torch.rand(4, 9, generator=g, dtype=torch.float64) * 0.1
+    ref = []
+    for r in range(4):
+        pair = sum(w[r, i] * w[r, j] * abs(t[r, i] - t[r, j]) for i in range(9) for j in range(9))
+        ref.append(pair + (w[r] ** 2 * dt[r]).sum() / 3)
+    assert torch.allclose(distortion_loss(w, t, dt), torch.stack(ref).mean())
+    # a single sharp peak is cheaper than the same weight spread out
+    sharp = torch.zeros(1, 9, dtype=torch.float64)
+    sharp[0, 4] = 1.0
+    spread = torch.full((1, 9), 1 / 9, dtype=torch.float64)
+    ts = torch.linspace(0, 1, 9, dtype=torch.float64)[None]
+    assert distortion_loss(sharp, ts, ts * 0 + 0.1) < distortion_loss(spread, ts, ts * 0 + 0.1)

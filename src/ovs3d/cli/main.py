@@ -42,7 +42,7 @@ class MakeScene:
     """Number of views (default: the preset's)."""
 
     def main(self) -> None:
-        from ovs3d.scenegen.tabletop import make_scene
+        from ovs3d.scenegen import make_scene
 
         overrides = {
             k: v

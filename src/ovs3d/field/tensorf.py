@@ -129,14 +129,16 @@ class TensoRFField(nn.Module):
         self.register_buffer("resolution", torch.tensor(list(resolution), dtype=torch.long))
         self.density_planes, self.density_lines = _vm_params(density_components, resolution, 0.1, gen)
         self.app_planes, self.app_lines = _vm_params(app_components, resolution, 0.1, gen)
-        self.basis_mat = nn.Linear(sum(app_components), app_dim, bias=False)
-        self.rgb_mlp = nn.Sequential(
-            nn.Linear(app_dim + 3, mlp_width),
-            nn.ReLU(inplace=True),
-            nn.Linear(mlp_width, mlp_width),
-            nn.ReLU(inplace=True),
-            nn.Linear(mlp_width, 3),
-        )
+        with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: seed it, then restore
+            torch.manual_seed(seed)
+            self.basis_mat = nn.Linear(sum(app_components), app_dim, bias=False)
+            self.rgb_mlp = nn.Sequential(
+                nn.Linear(app_dim + 3, mlp_width),
+                nn.ReLU(inplace=True),
+                nn.Linear(mlp_width, mlp_width),
+                nn.ReLU(inplace=True),
+                nn.Linear(mlp_width, 3),
+            )
         nn.init.constant_(self.rgb_mlp[-1].bias, 0.0)
 
     @property

@@ -45,6 +45,7 @@ class MarchResult:
         t_mid: ``[R, N]`` sample ray parameters.
         valid: ``[R, N]`` bool, samples whose density was evaluated.
         n_samples: uniform candidates per ray ``N``.
+        dt: ``[R, N]`` bin lengths (ray parameter).
     """
 
     xyz: Tensor
@@ -52,6 +53,7 @@ class MarchResult:
     t_mid: Tensor
     valid: Tensor
     n_samples: int
+    dt: Tensor
 
 
 def march(
@@ -96,7 +98,7 @@ def march(
     deltas = dt * rays_d.norm(dim=-1, keepdim=True)
     alphas = alpha_from_density(sigmas, deltas, cfg.distance_scale)
     weights, _ = render_weights(alphas)
-    return MarchResult(xyz=xyz, weights=weights, t_mid=t_mid, valid=valid, n_samples=n)
+    return MarchResult(xyz=xyz, weights=weights, t_mid=t_mid, valid=valid, n_samples=n, dt=dt)
 
 
 def render_rgb(field: TensoRFField, marched: MarchResult, rays_d: Tensor, cfg: MarchConfig) -> dict[str, Tensor]:

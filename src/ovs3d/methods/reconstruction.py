@@ -25,6 +25,7 @@ from ovs3d.field.tensorf import TensoRFField, resolution_for_voxels, tv_loss
 from ovs3d.io.scene import Scene
 from ovs3d.methods.radiance import MarchConfig, march, render_rgb
 from ovs3d.methods.scene_rays import field_aabb, ray_near, view_rays
+from ovs3d.render.volume import distortion_loss
 from ovs3d.utils.console import progress
 from ovs3d.utils.files import load_checkpoint, save_checkpoint
 
@@ -75,6 +76,8 @@ class ReconstructionConfig:
     """TV weight on density planes (x1e-2 internally, as TensoRF)."""
     tv_weight_app: float = 1.0
     """TV weight on appearance planes (x1e-2 internally)."""
+    distortion_weight: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss (0 = TensoRF; sharpens surfaces, fewer samples per ray)."""
     march: MarchConfig = field(default_factory=MarchConfig)
     """Ray marching."""
     seed: int = 20211202
@@ -312,6 +315,8 @@ def train_reconstruction(
             out = render_rgb(field_, marched, batch[:, 3:], cfg.march)
             mse = torch.mean((out["rgb"] - target) ** 2)
             loss = mse
+            if cfg.distortion_weight > 0:
+                loss = loss + cfg.distortion_weight * distortion_loss(marched.weights, marched.t_mid, marched.dt)
             tv_scale = 1e-2 * factor
             if cfg.tv_weight_density > 0:
                 loss = loss + cfg.tv_weight_density * tv_scale * tv_loss(list(field_.density_planes))
@@ -328,7 +333,7 @@ def train_reconstruction(
             if done % cfg.log_every == 0 or done == cfg.n_iters:
                 rec = {
                     "step": done,
-                    "loss": float(loss),
+                    "loss": float(loss.detach()),
                     "psnr": float(-10 * torch.log10(mse.detach())),
                     "seconds": round(stats["train_seconds"], 2),
                     "samples_per_ray": marched.n_samples,

@@ -51,11 +51,13 @@ class SemanticHeads(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
         act = [nn.ReLU(inplace=True)] if feature_activation else []
-        self.feature_mlp = nn.Sequential(
-            nn.Linear(app_dim, width), *act, nn.Linear(width, width), *act, nn.Linear(width, feature_dim)
-        )
         self.select_planes, self.select_lines = _vm_params(select_components, resolution, 0.1, gen)
-        self.select_basis = nn.Linear(sum(select_components), n_scales, bias=True)
+        with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: seed it, then restore
+            torch.manual_seed(seed)
+            self.feature_mlp = nn.Sequential(
+                nn.Linear(app_dim, width), *act, nn.Linear(width, width), *act, nn.Linear(width, feature_dim)
+            )
+            self.select_basis = nn.Linear(sum(select_components), n_scales, bias=True)
 
     def features(self, app_feats: Tensor) -> Tensor:
         """Per-sample CLIP features ``[M, D]`` from appearance features ``[M, app_dim]``."""

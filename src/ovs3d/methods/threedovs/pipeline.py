@@ -98,8 +98,11 @@ def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: li
     )
 
 
-def fit_semantic(scene: Scene, run: Path, cfg, device) -> SemanticHeads:
-    """The semantic stage of ``ovs3d fit --method 3dovs`` on a run whose reconstruction is done."""
+def fit_semantic(scene: Scene, run: Path, cfg, device, backends=None) -> SemanticHeads:
+    """The semantic stage of ``ovs3d fit --method 3dovs`` on a run whose reconstruction is done.
+
+    ``backends`` is ``(clip, dino)`` when already built (else built from the flags in ``cfg``).
+    """
     if not scene.classes:
         from ovs3d.errors import OVS3DError
 
@@ -114,7 +117,7 @@ def fit_semantic(scene: Scene, run: Path, cfg, device) -> SemanticHeads:
         if load_checkpoint(ckpt, kind="semantic")["step"] >= cfg.semantic.n_iters:
             heads, _, _ = load_semantic(trained, run, device)
             return heads
-    clip, dino = build_backends(cfg, scene, device, need_dino=cfg.semantic.use_fda)
+    clip, dino = backends or build_backends(cfg, scene, device, need_dino=cfg.semantic.use_fda)
     data = prepare_data(scene, trained, cfg, clip, dino, scene.train_views(cfg.holdout))
     return train_semantic(trained, data, run, cfg.semantic, device)
 

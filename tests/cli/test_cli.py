@@ -1,0 +1,244 @@
+"""The ``ovs3d`` console script, run for real in a subprocess (SPEC §3).
+
+User errors must end with exactly one ``ovs3d: error: ...`` line on stderr, a non-zero exit and no
+traceback; tyro's own argument errors keep tyro's usage box (non-zero exit, no traceback). The happy
+path (make-scene -> fit -> eval -> render) runs once on a tiny scene with a 2-iteration reconstruction.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+# A reconstruction that takes a second or two: enough to write a run folder and a checkpoint.
+TINY_RECON = [
+    "--recon.n-iters", "2",
+    "--recon.batch-size", "64",
+    "--recon.init-voxels", "4096",
+    "--recon.final-voxels", "8000",
+    "--recon.upsample-iters", "1",
+    "--recon.occupancy-iters", "1",
+]  # fmt: skip
+
+
+def ovs3d(*args: object, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m ovs3d ARGS`` in ``cwd``, capturing stdout and stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "NO_COLOR": "1", "COLUMNS": "120"}
+    env.pop("OVS3D_LOG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "ovs3d", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _show(res: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {res.returncode}\n--- stdout\n{res.stdout}\n--- stderr\n{res.stderr}"
+
+
+def assert_no_traceback(res: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in res.stdout + res.stderr, _show(res)
+
+
+def assert_ok(res: subprocess.CompletedProcess[str]) -> None:
+    assert res.returncode == 0, _show(res)
+    assert_no_traceback(res)
+
+
+def assert_user_error(res: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Non-zero exit, one ``ovs3d: error:`` line on stderr mentioning ``fragments``, no traceback."""
+    assert_no_traceback(res)
+    assert res.returncode != 0, _show(res)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, _show(res)
+    assert lines[0].startswith("ovs3d: error: "), _show(res)
+    for fragment in fragments:
+        assert fragment.lower() in lines[0].lower(), f"{fragment!r} missing from: {lines[0]}"
+    return lines[0]
+
+
+def assert_tyro_error(res: subprocess.CompletedProcess[str]) -> None:
+    assert res.returncode != 0, _show(res)
+    assert_no_traceback(res)
+
+
+def copy_scene(src: Path, dst: Path) -> Path:
+    """A private copy of a scene (without its feature cache) that a test may break."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ovs3d_cache"))
+    return dst
+
+
+# --------------------------------------------------------------------------------------------------
+# happy path: make-scene -> fit (rgb) -> eval -> render
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory) -> Path:
+    """A scene written by ``ovs3d make-scene`` and a 2-iteration ``fit --method rgb`` run on it."""
+    work = tmp_path_factory.mktemp("cli_run")
+    res = ovs3d("make-scene", "--out", "scene", "--width", 64, "--height", 48, "--n-views", 6, cwd=work)
+    assert_ok(res)
+    scene = work / "scene"
+    assert (scene / "poses_bounds.npy").is_file()
+    assert len(list((scene / "images").glob("*.png"))) == 6
+    res = ovs3d("fit", "--scene", "scene", "--out", "run", "--method", "rgb", *TINY_RECON, cwd=work)
+    assert_ok(res)
+    run = work / "run"
+    assert (run / "config.json").is_file()
+    assert any((run / "checkpoints").glob("*.pt"))
+    return run
+
+
+def test_make_scene_fit_eval(rgb_run: Path):
+    import json
+
+    res = ovs3d("eval", "--run", rgb_run.name, cwd=rgb_run.parent)
+    assert_ok(res)
+    metrics = json.loads((rgb_run / "eval" / "metrics.json").read_text())
+    assert "psnr" in metrics
+    assert isinstance(metrics["psnr"], float) and metrics["psnr"] > 0
+    assert (rgb_run / "config.json").is_file()
+
+
+def test_render(rgb_run: Path, tmp_path: Path):
+    res = ovs3d("render", "--run", rgb_run, "--frames", 4, cwd=tmp_path)
+    assert_ok(res)
+    assert list((rgb_run / "render" / "views").glob("*.png"))
+    video = rgb_run / "render" / "path_rgb.mp4"
+    assert video.is_file() and video.stat().st_size > 0
+
+
+def test_fit_resume_with_other_settings(rgb_run: Path):
+    before = (rgb_run / "config.json").read_bytes()
+    res = ovs3d(
+        "fit", "--scene", "scene", "--out", "run", "--method", "rgb", *TINY_RECON, "--holdout", cwd=rgb_run.parent
+    )
+    assert_user_error(res, "holdout")
+    assert (rgb_run / "config.json").read_bytes() == before, "a refused resume must not touch the run"
+
+
+def test_eval_corrupt_checkpoint(rgb_run: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(rgb_run, run, ignore=shutil.ignore_patterns("eval", "render"))
+    ckpts = sorted((run / "checkpoints").glob("*.pt"))
+    assert ckpts
+    for ckpt in ckpts:
+        data = ckpt.read_bytes()
+        ckpt.write_bytes(data[: len(data) // 3])
+    assert_user_error(ovs3d("eval", "--run", "run", cwd=tmp_path), "checkpoint")
+
+
+# --------------------------------------------------------------------------------------------------
+# user errors
+
+
+def test_make_scene_into_foreign_folder(tmp_path: Path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("not a scene\n")
+    res = ovs3d("make-scene", "--out", "stuff", "--width", 64, "--height", 48, "--n-views", 6, cwd=tmp_path)
+    assert_user_error(res, "stuff")
+    assert sorted(p.name for p in (tmp_path / "stuff").iterdir()) == ["notes.txt"]
+
+
+def test_make_scene_bad_size(tmp_path: Path):
+    res = ovs3d("make-scene", "--out", "scene", "--width", 0, "--height", 48, "--n-views", 6, cwd=tmp_path)
+    assert_user_error(res)
+
+
+def test_make_scene_unknown_preset(tmp_path: Path):
+    assert_tyro_error(ovs3d("make-scene", "--out", "scene", "--preset", "no-such-preset", cwd=tmp_path))
+
+
+def _missing(tmp: Path, tiny: Path) -> list[object]:
+    return ["--scene", "no_such_scene"]
+
+
+def _no_poses(tmp: Path, tiny: Path) -> list[object]:
+    scene = copy_scene(tiny, tmp / "noposes")
+    for p in scene.glob("poses_bounds.npy"):
+        p.unlink()
+    for p in scene.glob("transforms*.json"):
+        p.unlink()
+    assert list((scene / "images").glob("*.png"))
+    return ["--scene", "noposes"]
+
+
+def _image_missing(tmp: Path, tiny: Path) -> list[object]:
+    scene = copy_scene(tiny, tmp / "short")
+    images = sorted((scene / "images").glob("*.png"))
+    images[len(images) // 2].unlink()
+    return ["--scene", "short"]
+
+
+def _scene(*extra: object) -> Callable[[Path, Path], list[object]]:
+    def build(tmp: Path, tiny: Path) -> list[object]:
+        return ["--scene", tiny, *extra]
+
+    return build
+
+
+def _foreign_out(tmp: Path, tiny: Path) -> list[object]:
+    (tmp / "run").mkdir(exist_ok=True)
+    (tmp / "run" / "important.txt").write_text("keep me\n")
+    return ["--scene", tiny]
+
+
+NO_CLIP = "/nonexistent/weights.bin"
+NO_DINO = "/nope.pth"
+FIT_ERRORS: dict[str, tuple[Callable[[Path, Path], list[object]], tuple[str, ...]]] = {
+    "missing-scene": (_missing, ("no_such_scene",)),
+    "no-poses": (_no_poses, ("noposes",)),
+    "image-pose-count": (_image_missing, ("short",)),
+    "clip-missing-weights": (_scene("--clip", f"open_clip:ViT-B-16:{NO_CLIP}"), (NO_CLIP,)),
+    "clip-unknown-backend": (_scene("--clip", "nonsense"), ("nonsense",)),
+    "dino-missing-weights": (_scene("--dino", f"timm:vit_small_patch8_224.dino:{NO_DINO}"), (NO_DINO,)),
+    "out-not-a-run": (_foreign_out, ("run",)),
+}
+
+
+@pytest.mark.parametrize("case", list(FIT_ERRORS))
+def test_fit_user_errors(case: str, tmp_path: Path, tiny_scene_dir: Path):
+    build, fragments = FIT_ERRORS[case]
+    args = build(tmp_path, tiny_scene_dir)
+    res = ovs3d("fit", *args, "--out", "run", *TINY_RECON, cwd=tmp_path)
+    assert_user_error(res, *fragments)
+    if case == "out-not-a-run":
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["important.txt"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_fit_cuda_unavailable(tmp_path: Path, tiny_scene_dir: Path):
+    res = ovs3d("fit", "--scene", tiny_scene_dir, "--out", "run", "--device", "cuda", *TINY_RECON, cwd=tmp_path)
+    assert_user_error(res, "cuda")
+
+
+def test_eval_not_a_run(tmp_path: Path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("x\n")
+    assert_user_error(ovs3d("eval", "--run", "folder", cwd=tmp_path), "folder")
+
+
+def test_render_missing_run(tmp_path: Path):
+    assert_user_error(ovs3d("render", "--run", "no_such_run", "--frames", 2, cwd=tmp_path), "no_such_run")
+
+
+def test_features_bad_scene(tmp_path: Path, tiny_scene_dir: Path):
+    _no_poses(tmp_path, tiny_scene_dir)
+    assert_user_error(ovs3d("features", "--scene", "noposes", cwd=tmp_path), "noposes")
+
+
+def test_baseline_without_segmentations(tmp_path: Path, tiny_scene_dir: Path):
+    scene = copy_scene(tiny_scene_dir, tmp_path / "noseg")
+    shutil.rmtree(scene / "segmentations")
+    res = ovs3d("baseline", "--scene", "noseg", "--out", "out", cwd=tmp_path)
+    assert_user_error(res, "noseg")
