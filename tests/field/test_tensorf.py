@@ -11,8 +11,12 @@ def _bilinear(img, x, y):
     x0, y0 = int(fx), int(fy)
     x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
     ax, ay = fx - x0, fy - y0
-    return (img[:, y0, x0] * (1 - ax) * (1 - ay) + img[:, y0, x1] * ax * (1 - ay)
-            + img[:, y1, x0] * (1 - ax) * ay + img[:, y1, x1] * ax * ay)
+    return (
+        img[:, y0, x0] * (1 - ax) * (1 - ay)
+        + img[:, y0, x1] * ax * (1 - ay)
+        + img[:, y1, x0] * (1 - ax) * ay
+        + img[:, y1, x1] * ax * ay
+    )
 
 
 def test_vm_sample_matches_explicit_products():

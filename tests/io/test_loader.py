@@ -127,9 +127,7 @@ def make_scene(
         for v in annotated or []:
             for label in classes:
                 if label.strip():
-                    write_png(
-                        root / "segmentations" / f"{v:02d}" / f"{label.strip()}.png", value=255, mode="L"
-                    )
+                    write_png(root / "segmentations" / f"{v:02d}" / f"{label.strip()}.png", value=255, mode="L")
     return root
 
 
@@ -249,9 +247,7 @@ def test_transforms_json_frames_matched_by_file_path_and_per_frame_intrinsics(tm
     )
     meta = json.loads((root / "transforms.json").read_text())
     assert "fl_x" in meta["frames"][0] and "fl_x" not in meta
-    np.testing.assert_allclose(
-        np.asarray(meta["frames"][0]["transform_matrix"])[:3], opencv_to_opengl(c2w[order[0]])
-    )
+    np.testing.assert_allclose(np.asarray(meta["frames"][0]["transform_matrix"])[:3], opencv_to_opengl(c2w[order[0]]))
     scene = load_scene(root)
     assert [p.name for p in scene.image_paths] == [f"view_{i:02d}.PNG" for i in range(n)]
     np.testing.assert_allclose(scene.intrinsics, intr / 2, rtol=1e-6)
@@ -367,9 +363,7 @@ def test_kind_override_wins(tmp_path):
 
 
 def test_classes_masks_and_protocols(tmp_path):
-    root = make_scene(
-        tmp_path / "s", forward_grid(), classes=["zebra", "", " apple ", "mango"], annotated=[4, 2]
-    )
+    root = make_scene(tmp_path / "s", forward_grid(), classes=["zebra", "", " apple ", "mango"], annotated=[4, 2])
     mask = np.zeros((H, W), np.uint8)
     mask[:, :8] = 255
     mask[:6, 8:] = 254  # near-white does not count
@@ -412,13 +406,9 @@ def test_jpg_and_case_insensitive_suffixes_sorted_by_name(tmp_path):
     root = tmp_path / "s"
     (root / "images").mkdir(parents=True)
     for name in ["b.JPG", "a.png", "c.jpeg"]:
-        Image.new("RGB", (W, H)).save(
-            root / "images" / name, format="PNG" if name.endswith("png") else "JPEG"
-        )
+        Image.new("RGB", (W, H)).save(root / "images" / name, format="PNG" if name.endswith("png") else "JPEG")
     (root / "images" / "notes.txt").write_text("not an image")
-    write_poses_bounds(
-        root / "poses_bounds.npy", forward_grid()[:3], W, H, 14.0, np.tile([2.0, 20.0], (3, 1))
-    )
+    write_poses_bounds(root / "poses_bounds.npy", forward_grid()[:3], W, H, 14.0, np.tile([2.0, 20.0], (3, 1)))
     scene = load_scene(root)
     assert [p.name for p in scene.image_paths] == ["a.png", "b.JPG", "c.jpeg"]
 

@@ -13,9 +13,18 @@ from ovs3d.methods.reconstruction import (
 
 
 def tiny_config(**kw) -> ReconstructionConfig:
-    base = dict(n_iters=40, batch_size=512, init_voxels=16**3, final_voxels=28**3, upsample_iters=(10, 20),
-                occupancy_iters=(15, 30), occupancy_max_resolution=32, visibility_rays=2048,
-                checkpoint_every=10, log_every=10)
+    base = dict(
+        n_iters=40,
+        batch_size=512,
+        init_voxels=16**3,
+        final_voxels=28**3,
+        upsample_iters=(10, 20),
+        occupancy_iters=(15, 30),
+        occupancy_max_resolution=32,
+        visibility_rays=2048,
+        checkpoint_every=10,
+        log_every=10,
+    )
     base.update(kw)
     return ReconstructionConfig(**base)
 

@@ -162,9 +162,7 @@ def test_minmax_normalize_scales_flat_pixels_and_constant_slice(gen):
     torch.testing.assert_close(flat.amin(-1)[mask], torch.zeros(int(mask.sum()), dtype=out.dtype))
     torch.testing.assert_close(flat.amax(-1)[mask], torch.ones(int(mask.sum()), dtype=out.dtype))
     # flattened pixels [V, N, S, C] with dims=(1,) give the same numbers
-    torch.testing.assert_close(
-        L.minmax_normalize(rel.reshape(V, H * W, S, C), dims=(1,)), out.reshape(V, -1, S, C)
-    )
+    torch.testing.assert_close(L.minmax_normalize(rel.reshape(V, H * W, S, C), dims=(1,)), out.reshape(V, -1, S, C))
     assert torch.isfinite(out).all()
 
 
@@ -207,9 +205,7 @@ def test_kl_matches_torch(gen):
         assert L.kl_divergence(p, q)[r].item() == pytest.approx(_kl_ref(p[r].tolist(), q[r].tolist()))
     # 0 * log 0 = 0
     z = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
-    assert L.kl_divergence(z, torch.tensor([[0.5, 0.5]], dtype=torch.float64)).item() == pytest.approx(
-        math.log(2)
-    )
+    assert L.kl_divergence(z, torch.tensor([[0.5, 0.5]], dtype=torch.float64)).item() == pytest.approx(math.log(2))
 
 
 def test_js_gradcheck(gen):
@@ -334,9 +330,9 @@ def test_fda_kl_equals_official_js_correlation(gen):
     fn = F.normalize(dino, dim=-1)
     f_corr = fn @ fn.transpose(1, 2) - 0.7
     pos, neg = f_corr.clamp(min=0), f_corr.clamp(max=0)
-    ref = 200 * (pos * official).sum() / torch.count_nonzero(pos) + 0.2 * (
-        neg * official
-    ).sum() / torch.count_nonzero(neg)
+    ref = 200 * (pos * official).sum() / torch.count_nonzero(pos) + 0.2 * (neg * official).sum() / torch.count_nonzero(
+        neg
+    )
     torch.testing.assert_close(L.fda_loss(logits, dino, divergence="kl"), ref)
 
 

@@ -58,9 +58,7 @@ def masks_to_labels(gt: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _check_inputs(
-    gt: np.ndarray, pred_labels: np.ndarray, classes: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_inputs(gt: np.ndarray, pred_labels: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     gt = np.asarray(gt)
     pred = np.asarray(pred_labels)
     if gt.ndim != 3:
@@ -159,9 +157,7 @@ def aggregate(views: dict[int, dict], classes: Sequence[str]) -> dict:
         "macc": float(np.mean(valid)) if valid else 0.0,
         "per_view": per_view,
         "classes": classes,
-        "class_iou": {
-            c: float(np.mean([views[v]["iou"][c] for v in order])) if order else 0.0 for c in classes
-        },
+        "class_iou": {c: float(np.mean([views[v]["iou"][c] for v in order])) if order else 0.0 for c in classes},
         "class_recall": recall,
         "n_views": len(order),
     }
@@ -205,9 +201,7 @@ def relevancy_distance(relevancy: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean((m.astype(np.float64) - rel) ** 2))
 
 
-def query_recall(
-    relevancy: np.ndarray, mask: np.ndarray, top_frac: float = 0.1, inside_frac: float = 0.9
-) -> bool:
+def query_recall(relevancy: np.ndarray, mask: np.ndarray, top_frac: float = 0.1, inside_frac: float = 0.9) -> bool:
     """Whether one (view, query) pair succeeds under LERF-panoptic-prior query recall.
 
     The pair succeeds when at least ``inside_frac`` of its ``top_frac`` highest-relevancy pixels lie inside

@@ -81,9 +81,7 @@ def write_segmentation_eval(
         views[v] = m
         key = view_key(v)
         for c, name in enumerate(classes):
-            atomic_write_image(
-                out_dir / "pred" / key / f"{name}.png", np.where(pred == c, 255, 0).astype(np.uint8)
-            )
+            atomic_write_image(out_dir / "pred" / key / f"{name}.png", np.where(pred == c, 255, 0).astype(np.uint8))
         rgb = None if per_view_rgb is None else per_view_rgb.get(v)
         title = f"view {key}   mIoU {m['miou']:.3f}   accuracy {m['accuracy']:.3f}   ({protocol})"
         fig = compose_eval_figure(rgb, masks_to_labels(gt), pred, classes, palette, title=title)

@@ -207,12 +207,8 @@ def legend_image(
         col, row = divmod(i, rows)
         x = pad + col * col_w
         y = pad + row * row_h + (row_h - sw) // 2
-        draw.rectangle(
-            [x, y, x + sw - 1, y + sw - 1], fill=tuple(int(v) for v in palette[i]), outline=(0, 0, 0)
-        )
-        draw.text(
-            (x + sw + 8, pad + row * row_h + (row_h - font_size) // 2 - 1), name, fill=(0, 0, 0), font=font
-        )
+        draw.rectangle([x, y, x + sw - 1, y + sw - 1], fill=tuple(int(v) for v in palette[i]), outline=(0, 0, 0))
+        draw.text((x + sw + 8, pad + row * row_h + (row_h - font_size) // 2 - 1), name, fill=(0, 0, 0), font=font)
     return np.asarray(img)
 
 

@@ -76,8 +76,9 @@ def voxel_indices(occupancy_shape: Sequence[int], aabb: Tensor, xyz: Tensor) -> 
     return (idx[:, 2] * gy + idx[:, 1]) * gx + idx[:, 0], inside
 
 
-def visible_voxels(occupancy_shape: Sequence[int], aabb: Tensor, xyz: Tensor, weights: Tensor,
-                   threshold: float = 1e-4) -> Tensor:
+def visible_voxels(
+    occupancy_shape: Sequence[int], aabb: Tensor, xyz: Tensor, weights: Tensor, threshold: float = 1e-4
+) -> Tensor:
     """Voxels that some ray sees: max compositing weight per voxel above ``threshold``.
 
     Space that no training camera can see (behind walls and inside objects) keeps whatever density it was

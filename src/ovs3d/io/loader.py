@@ -258,13 +258,9 @@ def normalize_bounded(
             half = np.ones(3)
         half = BOUNDED_BOX_PAD * half
         aabb = np.stack([-half, half])
-        corners = np.array(
-            [[aabb[i, 0], aabb[j, 1], aabb[k, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
-        )
+        corners = np.array([[aabb[i, 0], aabb[j, 1], aabb[k, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
         far = np.linalg.norm(c2w_n[:, None, :, 3] - corners[None], axis=-1).max(1)
-        nf = np.stack(
-            [np.full_like(far, DEFAULT_BOUNDED_NEAR), np.maximum(far, 2 * DEFAULT_BOUNDED_NEAR)], -1
-        )
+        nf = np.stack([np.full_like(far, DEFAULT_BOUNDED_NEAR), np.maximum(far, 2 * DEFAULT_BOUNDED_NEAR)], -1)
     return c2w_n, nf, world_from_file, aabb
 
 
@@ -292,8 +288,7 @@ def read_poses_bounds(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
     bad = np.flatnonzero(~np.isfinite(arr).all(1))
     if bad.size:
         raise SceneError(
-            f"{path} row {int(bad[0])} holds NaN or inf ({bad.size} bad rows): "
-            "fix or re-run the pose estimation"
+            f"{path} row {int(bad[0])} holds NaN or inf ({bad.size} bad rows): fix or re-run the pose estimation"
         )
     poses = arr[:, :15].reshape(-1, 3, 5)
     hwf = poses[:, :, 4].copy()
@@ -301,9 +296,7 @@ def read_poses_bounds(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
     c2w = llff_to_opencv(poses[:, :, :4])
     _check_rotations(c2w, path)
     if (hwf <= 0).any():
-        raise SceneError(
-            f"{path} has a non-positive height, width or focal in its 5th column: fix the hwf values"
-        )
+        raise SceneError(f"{path} has a non-positive height, width or focal in its 5th column: fix the hwf values")
     _check_bounds(near_far, path)
     return c2w, hwf, near_far
 
@@ -473,14 +466,10 @@ def _read_transforms_json(
         raise SceneError(f"{path} must hold a JSON object with a 'frames' list: see the nerfstudio format")
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames:
-        raise SceneError(
-            f"{path} has no 'frames' list: add one frame per image with file_path and transform_matrix"
-        )
+        raise SceneError(f"{path} has no 'frames' list: add one frame per image with file_path and transform_matrix")
     model = str(meta.get("camera_model", "PINHOLE")).upper()
     if model in ("OPENCV_FISHEYE", "EQUIRECTANGULAR"):
-        raise SceneError(
-            f"{path} uses camera_model {model}: only pinhole cameras are supported, undistort first"
-        )
+        raise SceneError(f"{path} uses camera_model {model}: only pinhole cameras are supported, undistort first")
     if any(float(meta.get(k, 0.0) or 0.0) != 0.0 for k in ("k1", "k2", "k3", "k4", "p1", "p2")):
         logger.warning("%s has lens distortion coefficients: they are ignored (undistort the images)", path)
 
@@ -488,9 +477,7 @@ def _read_transforms_json(
     frame_of: dict[int, dict] = {}
     for j, frame in enumerate(frames):
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
-            raise SceneError(
-                f"{path} frame {j} lacks 'file_path' or 'transform_matrix': add both to every frame"
-            )
+            raise SceneError(f"{path} frame {j} lacks 'file_path' or 'transform_matrix': add both to every frame")
         i = index(str(frame["file_path"]))
         if i is None:
             raise SceneError(
@@ -498,9 +485,7 @@ def _read_transforms_json(
                 "fix the path (relative to the json's folder) or add the image"
             )
         if i in frame_of:
-            raise SceneError(
-                f"{path} has two frames for image {image_paths[i].name}: keep one frame per image"
-            )
+            raise SceneError(f"{path} has two frames for image {image_paths[i].name}: keep one frame per image")
         frame_of[i] = frame
     if len(frame_of) != len(image_paths):
         missing = next(p.name for k, p in enumerate(image_paths) if k not in frame_of)
@@ -515,17 +500,13 @@ def _read_transforms_json(
         try:
             m = np.asarray(frame["transform_matrix"], dtype=np.float64)
         except (TypeError, ValueError) as e:
-            raise SceneError(
-                f"{path} frame for {image_paths[i].name}: transform_matrix is not numeric"
-            ) from e
+            raise SceneError(f"{path} frame for {image_paths[i].name}: transform_matrix is not numeric") from e
         if m.shape not in ((4, 4), (3, 4)):
             raise SceneError(
                 f"{path} frame for {image_paths[i].name}: transform_matrix has shape {m.shape}, expected 4x4"
             )
         if not np.isfinite(m).all():
-            raise SceneError(
-                f"{path} frame for {image_paths[i].name}: transform_matrix holds NaN or inf, fix it"
-            )
+            raise SceneError(f"{path} frame for {image_paths[i].name}: transform_matrix holds NaN or inf, fix it")
         c2w_gl.append(m[:3, :4])
         intr.append(_frame_intrinsics(path, meta, frame, image_paths[i].name, width, height))
         bounds.append(_frame_bounds(path, meta, frame, image_paths[i].name))
@@ -609,9 +590,7 @@ def _frame_bounds(path: Path, meta: dict, frame: dict, name: str) -> list[float]
         try:
             arr = np.asarray(v, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as e:
-            raise SceneError(
-                f"{path}: near/far for {name} is not numeric, use 'near_far': [near, far]"
-            ) from e
+            raise SceneError(f"{path}: near/far for {name} is not numeric, use 'near_far': [near, far]") from e
         if arr.shape != (2,):
             raise SceneError(f"{path}: near/far for {name} must be two numbers, use 'near_far': [near, far]")
         return arr.tolist()
@@ -650,14 +629,10 @@ def _read_segmentations(root: Path, n_views: int, width: int, height: int) -> tu
     if not seg.exists():
         return [], []
     if not seg.is_dir():
-        raise SceneError(
-            f"{seg} is not a folder: remove it or make it hold classes.txt and <NN>/ mask folders"
-        )
+        raise SceneError(f"{seg} is not a folder: remove it or make it hold classes.txt and <NN>/ mask folders")
     classes_file = seg / "classes.txt"
     if not classes_file.is_file():
-        raise SceneError(
-            f"{classes_file} is missing: list one text label per line (or remove segmentations/)"
-        )
+        raise SceneError(f"{classes_file} is missing: list one text label per line (or remove segmentations/)")
     try:
         lines = classes_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -680,8 +655,7 @@ def _read_segmentations(root: Path, n_views: int, width: int, height: int) -> tu
             v = int(d.name)
         except ValueError:
             raise SceneError(
-                f"mask folder {d} is not named by an integer: "
-                "name it by the view's index in the sorted image list"
+                f"mask folder {d} is not named by an integer: name it by the view's index in the sorted image list"
             ) from None
         if not 0 <= v < n_views:
             raise SceneError(
@@ -696,8 +670,7 @@ def _read_segmentations(root: Path, n_views: int, width: int, height: int) -> tu
             mask = d / f"{label}.png"
             if not mask.is_file():
                 raise SceneError(
-                    f"mask {mask} is missing: every annotated view needs <label>.png "
-                    "for each line of classes.txt"
+                    f"mask {mask} is missing: every annotated view needs <label>.png for each line of classes.txt"
                 )
             try:
                 with Image.open(mask) as im:
@@ -741,9 +714,7 @@ def _apply_similarity(c2w: np.ndarray, world_from_file: np.ndarray, scale: float
     return out
 
 
-def _frustum_box(
-    c2w: np.ndarray, intrinsics: np.ndarray, near_far: np.ndarray, width: int, height: int
-) -> np.ndarray:
+def _frustum_box(c2w: np.ndarray, intrinsics: np.ndarray, near_far: np.ndarray, width: int, height: int) -> np.ndarray:
     """``[2, 3]`` box around every camera's frustum between its near and far bound."""
     fx, fy, cx, cy = (intrinsics[:, k][:, None] for k in range(4))
     u = np.array([0.0, width, 0.0, width])[None]

@@ -75,7 +75,10 @@ def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: li
     if cfg.semantic.use_fda:
         dfeats = dino_features(scene, dino, views, fcfg, cache_root)
         dino_t = torch.cat(
-            [torch.from_numpy(np.asarray(dfeats[j])).reshape(-1, dfeats[j].shape[-1]) for j in range(len(dfeats))]
+            [
+                torch.from_numpy(np.array(dfeats[j], dtype=np.float32)).reshape(-1, dfeats[j].shape[-1])
+                for j in range(len(dfeats))
+            ]
         ).to(torch.float16)
         gh, gw = dfeats[0].shape[:2]
         cells = view_token_samples(trained, scene, views, fcfg.dino_downscale, dino.stride, k)
@@ -186,7 +189,10 @@ def with_ablation(cfg, name: str):
     """A copy of a fit config with one of the paper's Table 2 ablations applied.
 
     ``full``, ``no_rda``, ``no_fda``, ``no_rebalance``, ``single_scale`` (the s/7 patch only),
-    ``half_views`` (CLIP features on 50% of the views), ``tenth_views`` (10%).
+    ``half_views`` (CLIP features on 50% of the views), ``tenth_views`` (10%); and the official code's
+    readings: ``code_rda`` (unnormalised feature, softmax target), ``code_rda_w5`` (the same, RDA weight 5),
+    ``rda_w5`` (paper RDA with weight 5),
+    ``kl_fda`` (pairwise KL in FDA).
     """
     sem, feat = cfg.semantic, cfg.features
     if name == "full":
@@ -203,7 +209,27 @@ def with_ablation(cfg, name: str):
         return replace(cfg, features=replace(feat, views_fraction=0.5))
     if name == "tenth_views":
         return replace(cfg, features=replace(feat, views_fraction=0.1))
+    if name == "code_rda":
+        return replace(cfg, semantic=replace(sem, rda_mode="code"))
+    if name == "rda_w5":
+        return replace(cfg, semantic=replace(sem, rda_weight=5.0))
+    if name == "code_rda_w5":
+        return replace(cfg, semantic=replace(sem, rda_mode="code", rda_weight=5.0))
+    if name == "kl_fda":
+        return replace(cfg, semantic=replace(sem, fda_divergence="kl"))
     raise ValueError(f"unknown ablation {name!r}")
 
 
-ABLATIONS = ("full", "no_rda", "no_fda", "no_rebalance", "single_scale", "half_views", "tenth_views")
+ABLATIONS = (
+    "full",
+    "no_rda",
+    "no_fda",
+    "no_rebalance",
+    "single_scale",
+    "half_views",
+    "tenth_views",
+    "rda_w5",
+    "code_rda",
+    "code_rda_w5",
+    "kl_fda",
+)

@@ -37,11 +37,11 @@ CHECKPOINT_NAME = "semantic.pt"
 class SemanticConfig:
     """Settings of the 3D-OVS semantic stage (CPU-sized defaults; the reference's in comments)."""
 
-    n_iters: int = 1200
+    n_iters: int = 600
     """Iterations (reference: 15000)."""
-    joint_start: int = 400
+    joint_start: int = 200
     """Iteration at which appearance and RGB join the training (reference: 5000)."""
-    batch_size: int = 2048
+    batch_size: int = 1024
     """Pixel rays per step for the feature loss and RDA (reference: 4096)."""
     n_patches: int = 8
     """DINO patches per step for FDA (reference: 8)."""
@@ -211,14 +211,14 @@ def semantic_losses(
     selection = L.selection_softmax(out["select_raw"])  # [B, S]
     target = L.selected_features(data.clip_targets[idx].to(device).float(), selection)
     loss_feat = L.feature_loss(out["features"], target)
-    parts = {"feat": float(loss_feat)}
+    parts = {"feat": float(loss_feat.detach())}
     loss = loss_feat
     if cfg.use_rda and cfg.rda_weight > 0:
         logits = L.segmentation_logits(out["features"], data.text, normalize=cfg.rda_mode == "paper")
         rel = L.relevancy_targets(data.relevancy[idx].to(device), selection)
         loss_rda = L.rda_loss(logits, rel, mode=cfg.rda_mode)
         loss = loss + cfg.rda_weight * loss_rda
-        parts["rda"] = float(loss_rda)
+        parts["rda"] = float(loss_rda.detach())
     if cfg.use_fda:
         n_views, gh, gw = data.cell_grid
         pidx = patch_indices(n_views, gh, gw, cfg.patch_cells, cfg.n_patches, gen)  # [B_p, P]
@@ -238,11 +238,11 @@ def semantic_losses(
             divergence=cfg.fda_divergence,
         )
         loss = loss + loss_fda
-        parts["fda"] = float(loss_fda)
+        parts["fda"] = float(loss_fda.detach())
     if joint and cfg.rgb_weight > 0:
         loss_rgb = torch.mean((out["rgb"] - data.rgb[idx].to(device)) ** 2)
         loss = loss + cfg.rgb_weight * loss_rgb
-        parts["rgb"] = float(loss_rgb)
+        parts["rgb"] = float(loss_rgb.detach())
     return loss, parts
 
 
@@ -300,7 +300,7 @@ def train_semantic(
             done = it + 1
             stats["train_seconds"] = base_seconds + time.perf_counter() - t0
             if done % cfg.log_every == 0 or done == cfg.n_iters:
-                rec = {"step": done, "loss": float(loss), **parts, "seconds": round(stats["train_seconds"], 2)}
+                rec = {"step": done, "loss": float(loss.detach()), **parts, "seconds": round(stats["train_seconds"], 2)}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             if done % cfg.checkpoint_every == 0 or done == cfg.n_iters:
