@@ -58,7 +58,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--protocols", nargs="+", default=["3dovs", "holdout"], choices=["3dovs", "holdout"])
-    ap.add_argument("--ablations", nargs="+", default=["full"], choices=list(ABLATIONS))
+    ap.add_argument(
+        "--ablations",
+        nargs="+",
+        default=["full"],
+        help=f"variants (combine with +, e.g. code_rda_w5+no_fda): {', '.join(ABLATIONS)}",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/out/3dovs"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

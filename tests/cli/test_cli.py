@@ -28,7 +28,7 @@ TINY_RECON = [
 ]  # fmt: skip
 
 
-def ovs3d(*args: object, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def ovs3d(*args: object, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """``python -m ovs3d ARGS`` in ``cwd``, capturing stdout and stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "NO_COLOR": "1", "COLUMNS": "120"}
     env.pop("OVS3D_LOG", None)

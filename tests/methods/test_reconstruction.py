@@ -79,3 +79,13 @@ def test_checkpoint_is_weights_only_and_self_describing(tiny_scene_dir, tmp_path
     assert payload["config"]["n_iters"] == 10 and payload["step"] == 10
     out = render_view(load_trained_field(tmp_path / "r" / "checkpoints" / "reconstruction.pt"), scene, 1, 2.0)
     assert out["rgb"].shape == (24, 32, 3) and np.isfinite(out["depth"]).all()
+
+
+def test_bounded_kind_marches_in_a_world_box(tiny_scene_dir, tmp_path):
+    # the same cameras, forced to the bounded (world-box) code path instead of NDC
+    scene = load_scene(tiny_scene_dir, kind="bounded")
+    assert scene.kind == "bounded"
+    trained = train_reconstruction(scene, tmp_path / "b", tiny_config(n_iters=20), scene.train_views(False))
+    assert torch.allclose(trained.field.aabb, torch.as_tensor(scene.aabb, dtype=torch.float32))
+    out = render_view(trained, scene, 0, 2.0)
+    assert np.isfinite(out["rgb"]).all() and out["acc"].max() > 0.1

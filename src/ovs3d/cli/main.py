@@ -80,6 +80,8 @@ class Fit:
     """Feature cache folder (default <scene>/.ovs3d_cache)."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
+    recon_from: Path | None = None
+    """Start from the finished reconstruction of another run of the same scene and protocol."""
     recon: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     semantic: SemanticConfig = field(default_factory=SemanticConfig)

@@ -194,6 +194,10 @@ def with_ablation(cfg, name: str):
     ``rda_w5`` (paper RDA with weight 5),
     ``kl_fda`` (pairwise KL in FDA).
     """
+    if "+" in name:  # combinations, applied left to right: "code_rda_w5+no_fda"
+        for part in name.split("+"):
+            cfg = with_ablation(cfg, part)
+        return cfg
     sem, feat = cfg.semantic, cfg.features
     if name == "full":
         return cfg
@@ -211,6 +215,12 @@ def with_ablation(cfg, name: str):
         return replace(cfg, features=replace(feat, views_fraction=0.1))
     if name == "code_rda":
         return replace(cfg, semantic=replace(sem, rda_mode="code"))
+    if name == "lr5e-3":
+        return replace(cfg, semantic=replace(sem, lr_net=5e-3))
+    if name == "lr5e-3_w5":
+        return replace(cfg, semantic=replace(sem, lr_net=5e-3, rda_weight=5.0))
+    if name == "code_rda_w10_lr":
+        return replace(cfg, semantic=replace(sem, rda_mode="code", rda_weight=10.0, lr_net=5e-3))
     if name == "rda_w5":
         return replace(cfg, semantic=replace(sem, rda_weight=5.0))
     if name == "code_rda_w5":
