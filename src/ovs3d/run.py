@@ -133,7 +133,12 @@ def fit(cfg: FitConfig) -> Path:
     new = _config_dict(cfg)
     if (run / "config.json").exists():
         stored = read_run_config(run)["fit"]
-        changed = [k for k in _diff(stored, new) if k != "out"]
+        # A reconstruction-only run never reads the semantic-stage settings: changed defaults there do not
+        # stop it from resuming.
+        unused = (
+            ("semantic", "features", "clip", "dino", "masks") if stored.get("method") == cfg.method == "rgb" else ()
+        )
+        changed = [k for k in _diff(stored, new) if k != "out" and k.split(".")[0] not in unused]
         if changed:
             raise OVS3DError(
                 f"{run} was created with other settings ({', '.join(changed[:4])}); "
@@ -229,6 +234,13 @@ def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
     scene = _load_scene(cfg.scene, cfg.kind)
     device = resolve_device(cfg.device)
     trained = load_trained_field(Path(run) / "checkpoints" / CHECKPOINT_NAME, device)
+    segmentation = cfg.method != "rgb" and bool(scene.classes)
+    semantic = None
+    if segmentation:
+        from ovs3d.methods.threedovs.trainer import load_semantic
+
+        # The joint phase fine-tunes the appearance: PSNR is measured on the field the run ends with.
+        semantic = load_semantic(trained, Path(run), device)
     views = list(scene.annotated) if cfg.holdout else scene.train_views(False)
     if not cfg.holdout and len(views) > max_psnr_views:
         views = [views[i] for i in np.linspace(0, len(views) - 1, max_psnr_views).round().astype(int)]
@@ -247,9 +259,10 @@ def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
         "psnr_per_view": {f"{v:02d}": p for v, p in per_view.items()},
         "method": cfg.method,
         "rgb_resolution": list(scene.image_size(ds)),
+        "psnr_field": "after the semantic stage" if semantic else "reconstruction",
     }
     eval_dir = Path(run) / "eval"
-    if cfg.method == "rgb" or not scene.classes:
+    if not segmentation:
         from ovs3d.eval.report import write_rgb_eval
 
         preds = {v: pred for v, (pred, _) in images.items()}
@@ -258,7 +271,7 @@ def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
         return write_rgb_eval(eval_dir, per_view, preds, gts, protocol, rgb_extra)
     from ovs3d.methods.threedovs.pipeline import evaluate_semantic
 
-    return evaluate_semantic(scene, Path(run), cfg, device, protocol, extra)
+    return evaluate_semantic(scene, Path(run), cfg, device, protocol, extra, loaded=(trained, *semantic))
 
 
 def render(
@@ -331,7 +344,7 @@ def render(
             r = sem.render_semantic_rays(trained, heads, o, d, near, scfg.samples_per_ray)
             rgb = r["rgb"].reshape(h, w, 3).numpy()
             feats = r["features"]
-            depth = render_rays_depth(o, d)
+            depth = r["depth"].reshape(h, w).numpy()
         res = {"rgb": (np.clip(rgb, 0, 1) * 255).astype(np.uint8)}
         res["depth"] = depth_colormap(_depth_to_metric(scene, depth), *depth_range)
         if semantic is not None:
@@ -343,11 +356,6 @@ def render(
                 lo, hi = float(r_q.min()), float(r_q.max())
                 res[f"relevancy_{_slug(q)}"] = relevancy_heatmap((r_q - lo) / max(hi - lo, 1e-6), rgb)
         return res
-
-    def render_rays_depth(o, d):
-        from ovs3d.methods.reconstruction import render_rays_chunked
-
-        return render_rays_chunked(trained, o, d, near, (h, w))["depth"]
 
     intr_all = scene.intrinsics_at(ds)
     if views is None:

@@ -125,6 +125,21 @@ def test_fit_resume_with_other_settings(rgb_run: Path):
     )
     assert_user_error(res, "holdout")
     assert (rgb_run / "config.json").read_bytes() == before, "a refused resume must not touch the run"
+    # settings a reconstruction-only run never reads do not block resuming it
+    res = ovs3d(
+        "fit",
+        "--scene",
+        "scene",
+        "--out",
+        "run",
+        "--method",
+        "rgb",
+        *TINY_RECON,
+        "--semantic.fda-w-pos",
+        "3",
+        cwd=rgb_run.parent,
+    )
+    assert_ok(res)
 
 
 def test_eval_corrupt_checkpoint(rgb_run: Path, tmp_path: Path):

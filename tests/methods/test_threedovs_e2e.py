@@ -22,17 +22,8 @@ def test_tiny_3dovs_fit_beats_2d_baseline(small_scene_dir, tmp_path):
         occupancy_iters=(50, 100),
         checkpoint_every=50,
     )
-    # The official code's RDA reading (unnormalised feature, weight 5): with the paper's cosine reading the
-    # semantic stage does not beat the 2D baseline on the simulated CLIP (bench/RESULTS.md).
-    semantic = SemanticConfig(
-        n_iters=200,
-        joint_start=100,
-        batch_size=512,
-        patch_cells=6,
-        checkpoint_every=100,
-        rda_mode="code",
-        rda_weight=5.0,
-    )
+    # the library's loss settings (official-code RDA reading, weight 5, lambda_pos 20), a shorter schedule
+    semantic = SemanticConfig(n_iters=200, joint_start=100, batch_size=512, patch_cells=6, checkpoint_every=100)
     features = FeatureConfig(semantic_downscale=2.0)
     cfg = FitConfig(
         scene=small_scene_dir,
@@ -50,6 +41,7 @@ def test_tiny_3dovs_fit_beats_2d_baseline(small_scene_dir, tmp_path):
     saved = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert {"protocol", "miou", "accuracy", "macc", "per_view", "classes", "psnr"} <= set(saved)
     assert saved["protocol"] == "3dovs"
+    assert saved["psnr_field"] == "after the semantic stage"  # the joint phase's appearance is what is scored
     for nn in saved["per_view"]:
         for label in saved["classes"]:
             assert (tmp_path / "run" / "eval" / "pred" / nn / f"{label}.png").exists()

@@ -30,17 +30,23 @@ def test_cached_samples_reproduce_full_rendering(tiny_scene_dir, tmp_path):
     o, d = view_rays(scene, 0, 4.0)
     with torch.no_grad():
         m = march(trained.field, trained.occupancy, o, d, trained.config.march, near=ray_near(scene))
-        full = render_rgb(trained.field, m, d, trained.config.march)["rgb"]
+        rendered = render_rgb(trained.field, m, d, trained.config.march)
+        full = rendered["rgb"]
         # keeping every sample gives exactly the full compositing
         s = top_samples(trained, o, d, ray_near(scene), k=m.n_samples)
         heads = build_heads(trained, SemanticConfig(), feature_dim=16, n_scales=3)
         cached = render_samples(trained, heads, s, with_select=False, with_rgb=True)["rgb"]
     assert torch.allclose(cached, full, atol=1e-5)
+    # the per-ray depth is the full march's expectation, whatever K is kept
+    assert torch.allclose(s.depth, rendered["depth"], atol=1e-5)
     assert torch.allclose(s.captured, torch.ones_like(s.captured), atol=1e-3)  # weights < 1e-4 are dropped
     # K heaviest samples keep the largest share of each ray's weight
     s8 = top_samples(trained, o, d, ray_near(scene), k=8)
     assert s8.xyz.shape == (o.shape[0], 8, 3)
     assert torch.all(s8.captured <= 1 + 1e-5)
+    assert torch.allclose(s8.depth, rendered["depth"], atol=1e-5)
+    sub = s8.index(torch.tensor([3, 1]))
+    assert torch.equal(sub.depth, s8.depth[[3, 1]]) and sub.xyz.shape == (2, 8, 3)
 
 
 def test_gradients_reach_selection_volume_and_feature_head(tiny_scene_dir, tmp_path):
@@ -78,3 +84,52 @@ def test_patch_indices_are_square_windows_of_one_view():
         assert (r.max() - r.min()) == 3 and (c.max() - c.min()) == 3
     u, v = token_grid(width=32, height=16, stride=8)
     assert u.tolist() == [4.0, 12.0, 20.0, 28.0] * 2 and v.tolist() == [4.0] * 4 + [12.0] * 4
+
+
+def test_variants_set_what_they_name(tmp_path):
+    import pytest
+
+    from ovs3d.methods.threedovs.pipeline import with_ablation
+    from ovs3d.run import FitConfig
+
+    base = FitConfig(scene=tmp_path, out=tmp_path / "run")
+    paper = with_ablation(base, "paper").semantic
+    assert (paper.rda_mode, paper.rda_weight, paper.fda_w_pos, paper.fda_w_neg) == ("paper", 1.0, 200.0, 0.2)
+    ref = with_ablation(base, "reference").semantic
+    assert (ref.rda_mode, ref.rda_weight, ref.fda_divergence, ref.fda_w_pos) == ("code", 1.0, "kl", 200.0)
+    combo = with_ablation(base, "paper+no_fda+semantic.fda_w_pos=0.0+features.dino_downscale=0.5")
+    assert combo.semantic.rda_mode == "paper" and not combo.semantic.use_fda and combo.semantic.fda_w_pos == 0.0
+    assert combo.features.dino_downscale == 0.5 and base.features.dino_downscale == 1.0  # copies, not edits
+    assert with_ablation(base, "single_scale").features.pixel_clip.patch_divisors == (7,)
+    with pytest.raises(ValueError, match="no field"):
+        with_ablation(base, "semantic.not_a_field=1")
+    with pytest.raises(ValueError, match="unknown ablation"):
+        with_ablation(base, "no_such_variant")
+
+
+def test_semantic_checkpoint_describes_its_heads(tiny_scene_dir, tmp_path):
+    from ovs3d.methods.threedovs.trainer import SemanticData, load_semantic, train_semantic
+
+    scene = load_scene(tiny_scene_dir)
+    trained = _trained(scene, tmp_path)
+    o, d = view_rays(scene, 0, 4.0)
+    pixels = top_samples(trained, o[:256], d[:256], ray_near(scene), k=4)
+    n_scales, dim, n_classes = 2, 12, 3
+    g = torch.Generator().manual_seed(0)
+    data = SemanticData(
+        pixels=pixels,
+        clip_targets=torch.nn.functional.normalize(torch.randn(256, n_scales, dim, generator=g), dim=-1).half(),
+        relevancy=torch.rand(256, n_scales, n_classes, generator=g),
+        rgb=torch.rand(256, 3, generator=g),
+        cells=pixels.index(torch.zeros(0, dtype=torch.long)),
+        dino=torch.zeros(0, 1),
+        cell_grid=(0, 0, 0),
+        text=torch.nn.functional.normalize(torch.randn(n_classes, dim, generator=g), dim=-1),
+    )
+    cfg = SemanticConfig(n_iters=4, joint_start=2, batch_size=64, use_fda=False, checkpoint_every=4)
+    heads = train_semantic(trained, data, tmp_path / "run", cfg)
+    loaded, loaded_cfg, text = load_semantic(trained, tmp_path / "run")
+    assert loaded.selection(torch.zeros(5, 3)).shape == (5, n_scales)
+    assert text.shape == (n_classes, dim) and loaded_cfg == cfg
+    for a, b in zip(heads.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

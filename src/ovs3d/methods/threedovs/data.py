@@ -32,30 +32,32 @@ class RaySamples:
         weights: ``[R, K]`` compositing weights (0 for padding).
         viewdirs: ``[R, 3]`` unit ray directions.
         captured: ``[R]`` fraction of each ray's total weight that the ``K`` samples keep.
+        depth: ``[R]`` expected ray parameter ``Σ w t`` over *all* marched samples (for depth maps).
     """
 
     xyz: Tensor
     weights: Tensor
     viewdirs: Tensor
     captured: Tensor
+    depth: Tensor
+
+    _FIELDS = ("xyz", "weights", "viewdirs", "captured", "depth")
 
     def __len__(self) -> int:
         return self.xyz.shape[0]
 
     def index(self, idx: Tensor) -> RaySamples:
         """Subset of rays ``idx`` ``[B]``."""
-        return RaySamples(self.xyz[idx], self.weights[idx], self.viewdirs[idx], self.captured[idx])
+        return RaySamples(*(getattr(self, k)[idx] for k in self._FIELDS))
 
     def to(self, device) -> RaySamples:
         """Move to ``device``."""
-        return RaySamples(*(t.to(device) for t in (self.xyz, self.weights, self.viewdirs, self.captured)))
+        return RaySamples(*(getattr(self, k).to(device) for k in self._FIELDS))
 
     @staticmethod
     def cat(items: list[RaySamples]) -> RaySamples:
         """Concatenate along rays."""
-        return RaySamples(
-            *(torch.cat([getattr(i, k) for i in items]) for k in ("xyz", "weights", "viewdirs", "captured"))
-        )
+        return RaySamples(*(torch.cat([getattr(i, k) for i in items]) for k in RaySamples._FIELDS))
 
 
 @torch.no_grad()
@@ -88,7 +90,8 @@ def top_samples(
         xyz = torch.gather(m.xyz, 1, idx[..., None].expand(-1, -1, 3))
         w = torch.where(w > thr, w, torch.zeros_like(w))
         total = m.weights.sum(1).clamp_min(1e-8)
-        out.append(RaySamples(xyz.cpu(), w.cpu(), F.normalize(d, dim=-1).cpu(), (w.sum(1) / total).cpu()))
+        depth = (m.weights * m.t_mid).sum(1)  # the same expectation as render_rgb's depth
+        out.append(RaySamples(xyz.cpu(), w.cpu(), F.normalize(d, dim=-1).cpu(), (w.sum(1) / total).cpu(), depth.cpu()))
     return RaySamples.cat(out)
 
 

@@ -129,10 +129,11 @@ def fit_semantic(scene: Scene, run: Path, cfg, device, backends=None) -> Semanti
 def render_semantic_rays(
     trained: TrainedField, heads: SemanticHeads, rays_o, rays_d, near: float, k: int, chunk: int = 4096
 ) -> dict[str, torch.Tensor]:
-    """Features ``[R, D]``, selection ``[R, S]`` (softmaxed), colour ``[R, 3]`` of rays (marched afresh)."""
+    """Features ``[R, D]``, selection ``[R, S]`` (softmaxed), colour ``[R, 3]``, depth ``[R]`` (expected ray
+    parameter) of rays, each ray marched once."""
     from ovs3d.methods.threedovs.trainer import render_samples
 
-    outs: dict[str, list] = {"features": [], "selection": [], "rgb": []}
+    outs: dict[str, list] = {"features": [], "selection": [], "rgb": [], "depth": []}
     for i in range(0, rays_o.shape[0], chunk):
         s = top_samples(trained, rays_o[i : i + chunk], rays_d[i : i + chunk], near, k)
         s = s.to(trained.field.aabb.device)
@@ -140,11 +141,13 @@ def render_semantic_rays(
         outs["features"].append(o["features"].cpu())
         outs["selection"].append(L.selection_softmax(o["select_raw"]).cpu())
         outs["rgb"].append(o["rgb"].clamp(0, 1).cpu())
+        outs["depth"].append(s.depth.cpu())
     return {k_: torch.cat(v) for k_, v in outs.items()}
 
 
 def render_semantic_view(trained, heads, scene: Scene, view: int, downscale: float, k: int):
-    """Render a view at ``1/downscale``: ``features [H, W, D]``, ``selection [H, W, S]``, ``rgb [H, W, 3]``."""
+    """Render a view at ``1/downscale``: ``features [H, W, D]``, ``selection [H, W, S]``, ``rgb [H, W, 3]``,
+    ``depth [H, W, 1]``."""
     w, h = scene.image_size(downscale)
     o, d = view_rays(scene, view, downscale)
     out = render_semantic_rays(trained, heads, o, d, ray_near(scene), k)
@@ -156,12 +159,21 @@ def predict_labels(features: torch.Tensor, text: torch.Tensor) -> np.ndarray:
     return L.segmentation_logits(features, text).argmax(-1).numpy().astype(np.int64)
 
 
-def evaluate_semantic(scene: Scene, run: Path, cfg, device, protocol: str, extra: dict[str, Any]) -> dict:
-    """Render every annotated view at the semantic resolution, score it (SPEC §5) and write ``RUN/eval``."""
+def evaluate_semantic(
+    scene: Scene, run: Path, cfg, device, protocol: str, extra: dict[str, Any], loaded: tuple | None = None
+) -> dict:
+    """Render every annotated view at the semantic resolution, score it (SPEC §5) and write ``RUN/eval``.
+
+    ``loaded`` is ``(trained, heads, semantic_config, text)`` when the caller already loaded the run
+    (:func:`~ovs3d.methods.threedovs.trainer.load_semantic`); else it is loaded here.
+    """
     from ovs3d.eval.report import write_segmentation_eval
 
-    trained = load_trained_field(Path(run) / "checkpoints" / RECON_CKPT, device)
-    heads, scfg, text = load_semantic(trained, run, device)
+    if loaded is None:
+        trained = load_trained_field(Path(run) / "checkpoints" / RECON_CKPT, device)
+        heads, scfg, text = load_semantic(trained, run, device)
+    else:
+        trained, heads, scfg, text = loaded
     ds = cfg.features.semantic_downscale
     preds, gts, rgbs = {}, {}, {}
     for v in progress(list(scene.annotated), desc="evaluating views"):
@@ -186,21 +198,31 @@ def evaluate_semantic(scene: Scene, run: Path, cfg, device, protocol: str, extra
 
 
 def with_ablation(cfg, name: str):
-    """A copy of a fit config with one of the paper's Table 2 ablations applied.
+    """A copy of a fit config with one of the paper's Table 2 ablations (or another variant) applied.
 
-    ``full``, ``no_rda``, ``no_fda``, ``no_rebalance``, ``single_scale`` (the s/7 patch only),
-    ``half_views`` (CLIP features on 50% of the views), ``tenth_views`` (10%); and the official code's
-    readings: ``code_rda`` (unnormalised feature, softmax target), ``code_rda_w5`` (the same, RDA weight 5),
-    ``rda_w5`` (paper RDA with weight 5),
-    ``kl_fda`` (pairwise KL in FDA).
+    Table 2: ``full`` (the library defaults), ``no_rda``, ``no_fda``, ``no_rebalance``, ``single_scale``
+    (the s/7 patch only), ``half_views`` (CLIP features on 50% of the views), ``tenth_views`` (10%).
+    Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200), ``reference`` (the official
+    code's: unnormalised-feature RDA at weight 1, pairwise KL in FDA, λ_pos 200), ``code_rda`` /
+    ``code_rda_w5`` / ``rda_w5`` (RDA reading and weight alone), ``kl_fda`` (pairwise KL in FDA).
+    Any single setting: ``"semantic.<field>=<value>"`` or ``"features.<field>=<value>"``. Combine with
+    ``+``, applied left to right: ``"paper+no_fda"``.
     """
     if "+" in name:  # combinations, applied left to right: "code_rda_w5+no_fda"
         for part in name.split("+"):
             cfg = with_ablation(cfg, part)
         return cfg
     sem, feat = cfg.semantic, cfg.features
+    if "=" in name:  # a single setting: "semantic.rda_weight=5", "features.dino_downscale=0.5"
+        return _with_setting(cfg, name)
     if name == "full":
         return cfg
+    if name == "paper":  # the paper's readings and values (Eq. 4-5 cosine RDA, weight 1; lambda_pos 200)
+        return replace(cfg, semantic=replace(sem, rda_mode="paper", rda_weight=1.0, fda_w_pos=200.0))
+    if name == "reference":  # the official code's readings and values (unnormalised RDA, KL in FDA)
+        return replace(
+            cfg, semantic=replace(sem, rda_mode="code", rda_weight=1.0, fda_divergence="kl", fda_w_pos=200.0)
+        )
     if name == "no_rda":
         return replace(cfg, semantic=replace(sem, use_rda=False))
     if name == "no_fda":
@@ -215,12 +237,6 @@ def with_ablation(cfg, name: str):
         return replace(cfg, features=replace(feat, views_fraction=0.1))
     if name == "code_rda":
         return replace(cfg, semantic=replace(sem, rda_mode="code"))
-    if name == "lr5e-3":
-        return replace(cfg, semantic=replace(sem, lr_net=5e-3))
-    if name == "lr5e-3_w5":
-        return replace(cfg, semantic=replace(sem, lr_net=5e-3, rda_weight=5.0))
-    if name == "code_rda_w10_lr":
-        return replace(cfg, semantic=replace(sem, rda_mode="code", rda_weight=10.0, lr_net=5e-3))
     if name == "rda_w5":
         return replace(cfg, semantic=replace(sem, rda_weight=5.0))
     if name == "code_rda_w5":
@@ -230,8 +246,29 @@ def with_ablation(cfg, name: str):
     raise ValueError(f"unknown ablation {name!r}")
 
 
+def _with_setting(cfg, assignment: str):
+    """Apply ``"<section>.<field>=<value>"`` (section ``semantic`` or ``features``) to a fit config."""
+    import ast
+    from dataclasses import fields
+
+    key, _, raw = assignment.partition("=")
+    section, _, field = key.partition(".")
+    if section not in ("semantic", "features"):
+        raise ValueError(f"setting {assignment!r}: section must be 'semantic' or 'features'")
+    sub = getattr(cfg, section)
+    if field not in {f.name for f in fields(sub)}:
+        raise ValueError(f"setting {assignment!r}: {type(sub).__name__} has no field {field!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string such as code
+    return replace(cfg, **{section: replace(sub, **{field: value})})
+
+
 ABLATIONS = (
     "full",
+    "paper",
+    "reference",
     "no_rda",
     "no_fda",
     "no_rebalance",
