@@ -271,7 +271,7 @@ def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
         return write_rgb_eval(eval_dir, per_view, preds, gts, protocol, rgb_extra)
     from ovs3d.methods.threedovs.pipeline import evaluate_semantic
 
-    return evaluate_semantic(scene, Path(run), cfg, device, protocol, extra, loaded=(trained, *semantic))
+    return evaluate_semantic(scene, Path(run), cfg, trained, *semantic, protocol, extra)
 
 
 def render(

@@ -160,20 +160,23 @@ def predict_labels(features: torch.Tensor, text: torch.Tensor) -> np.ndarray:
 
 
 def evaluate_semantic(
-    scene: Scene, run: Path, cfg, device, protocol: str, extra: dict[str, Any], loaded: tuple | None = None
+    scene: Scene,
+    run: Path,
+    cfg,
+    trained: TrainedField,
+    heads: SemanticHeads,
+    scfg,
+    text: torch.Tensor,
+    protocol: str,
+    extra: dict[str, Any],
 ) -> dict:
     """Render every annotated view at the semantic resolution, score it (SPEC §5) and write ``RUN/eval``.
 
-    ``loaded`` is ``(trained, heads, semantic_config, text)`` when the caller already loaded the run
-    (:func:`~ovs3d.methods.threedovs.trainer.load_semantic`); else it is loaded here.
+    ``trained``, ``heads``, ``scfg`` (the semantic config) and ``text`` ``[C, D]`` are the run as the caller
+    loaded it (:func:`~ovs3d.methods.threedovs.trainer.load_semantic`), so the field is loaded once.
     """
     from ovs3d.eval.report import write_segmentation_eval
 
-    if loaded is None:
-        trained = load_trained_field(Path(run) / "checkpoints" / RECON_CKPT, device)
-        heads, scfg, text = load_semantic(trained, run, device)
-    else:
-        trained, heads, scfg, text = loaded
     ds = cfg.features.semantic_downscale
     preds, gts, rgbs = {}, {}, {}
     for v in progress(list(scene.annotated), desc="evaluating views"):
