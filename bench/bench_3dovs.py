@@ -103,11 +103,11 @@ def main() -> None:
                 run = args.out / f"seed{seed}" / protocol / abl
                 cfg = with_ablation(FitConfig(scene=scene_dir, out=run, holdout=holdout), abl)
                 # one reconstruction per seed and protocol, shared by the full method and its ablations
+                # fit resumes an interrupted reconstruction and returns at once for a finished one
+                fresh = not (recon_run / "checkpoints" / "reconstruction.pt").exists()
                 t0 = time.perf_counter()
-                recon_s = 0.0
-                if not (recon_run / "checkpoints" / "reconstruction.pt").exists():
-                    fit(FitConfig(scene=scene_dir, out=recon_run, holdout=holdout, method="rgb"))
-                    recon_s = time.perf_counter() - t0
+                fit(FitConfig(scene=scene_dir, out=recon_run, holdout=holdout, method="rgb"))
+                recon_s = time.perf_counter() - t0 if fresh else 0.0
                 cfg = replace(cfg, recon_from=recon_run)
                 t0 = time.perf_counter()
                 fit(cfg)

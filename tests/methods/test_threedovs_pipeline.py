@@ -45,6 +45,11 @@ def test_cached_samples_reproduce_full_rendering(tiny_scene_dir, tmp_path):
     assert s8.xyz.shape == (o.shape[0], 8, 3)
     assert torch.all(s8.captured <= 1 + 1e-5)
     assert torch.allclose(s8.depth, rendered["depth"], atol=1e-5)
+    # the kept weights are rescaled to the opacity the full render composites (no darkened colours)
+    thr = trained.config.march.weight_threshold
+    composited = torch.where(m.weights > thr, m.weights, torch.zeros_like(m.weights)).sum(1)
+    assert torch.allclose(s8.weights.sum(1), composited, atol=1e-5)
+    assert torch.all(s8.captured <= composited / m.weights.sum(1).clamp_min(1e-8) + 1e-5)
     sub = s8.index(torch.tensor([3, 1]))
     assert torch.equal(sub.depth, s8.depth[[3, 1]]) and sub.xyz.shape == (2, 8, 3)
 
