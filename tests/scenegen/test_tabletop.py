@@ -325,3 +325,66 @@ def test_crash_leaves_no_half_scene(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         make_scene("tabletop", 0, tmp_path / "scene", **SMALL)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ hard cases (issue 8)
+
+HARD = dict(width=160, height=120, n_views=6, n_annotated=2, supersample=1, min_size_factor=0.5)
+
+
+def _shares(scene: tt.TabletopScene) -> dict[int, float]:
+    ids = scene.render_ids(scene.annotated[0])[0]
+    return {s.instance_id: float((ids == s.instance_id).mean()) for s in scene.surfaces}
+
+
+def test_default_scenes_draw_nothing_new():
+    """The hard-case options draw no random numbers when unset: default scenes stay as they were."""
+    a = tt._draw_scene(TabletopConfig(seed=5, **MEDIUM), 0)
+    b = tt._draw_scene(TabletopConfig(seed=5, n_small=(0, 0), hub_labels=0, **MEDIUM), 0)
+    assert [s.label for s in a.surfaces] == [s.label for s in b.surfaces]
+    assert all(np.allclose(x.placed.position, y.placed.position) for x, y in zip(a.objects, b.objects))
+
+
+def test_small_objects_are_small_and_confused_with_larger_surfaces():
+    from ovs3d.foundation.sim import clip_confuser
+
+    cfg = TabletopConfig(seed=4, n_small=(2, 2), small_confused=True, **HARD)
+    scene = tt.build_tabletop(cfg)
+    n_big = len(scene.objects) - 2
+    small, big = scene.objects[n_big:], scene.objects[:n_big]
+    shares = _shares(scene)
+    for obj in small:
+        assert 0.0005 < shares[obj.instance_id] < 0.015, shares  # roughly 0.3-1 % of the image
+        assert obj.placed.shape.footprint() <= cfg.small_radius[1] + 1e-9
+    labels = {s.label for s in scene.surfaces}
+    larger = {scene.wall.label, scene.table.label} | {o.label for o in big}
+    assert all(clip_confuser(o.label, sorted(labels)) in larger for o in small)
+
+
+def test_touching_small_objects_stand_against_a_larger_one():
+    cfg = TabletopConfig(seed=2, n_small=(2, 2), small_touch_prob=1.0, **HARD)
+    scene = tt.build_tabletop(cfg)
+    n_big = len(scene.objects) - 2
+    for obj in scene.objects[n_big:]:
+        p, fp = obj.placed.position, obj.placed.shape.footprint()
+        gaps = [
+            np.hypot(*(p - o.placed.position)[[0, 2]]) - fp - o.placed.shape.footprint() for o in scene.objects[:n_big]
+        ]
+        assert min(gaps) == pytest.approx(0.002, abs=1e-6)
+
+
+def test_hub_labels_are_strong_hubs():
+    from ovs3d.foundation.sim import clip_hubness
+
+    scene = tt.build_tabletop(TabletopConfig(seed=1, hub_labels=3, **MEDIUM))
+    largest = max(scene.objects, key=lambda o: o.placed.shape.footprint())
+    for surface, pool in ((scene.wall, WALLS), (scene.table, TABLES), (largest, OBJECTS)):
+        betas = sorted(clip_hubness(k.label) for k in pool)
+        assert clip_hubness(surface.label) >= betas[int(0.75 * (len(betas) - 1))]
+
+
+def test_hard_case_options_are_validated():
+    with pytest.raises(OVS3DError, match="n_small"):
+        TabletopConfig(n_small=(3, 1)).validate()
+    with pytest.raises(OVS3DError, match="small_touch_prob"):
+        TabletopConfig(small_touch_prob=1.5).validate()

@@ -40,14 +40,31 @@ class MakeScene:
     """Image height (default: the preset's)."""
     n_views: int | None = None
     """Number of views (default: the preset's)."""
+    n_annotated: int | None = None
+    """Number of annotated (test) views (default: the preset's)."""
+    n_objects: tuple[int, int] | None = None
+    """Inclusive range of the number of objects (default: the preset's)."""
+    n_small: tuple[int, int] | None = None
+    """Hard cases: inclusive range of extra small objects (about 0.3-1 % of the image each)."""
+    small_touch_prob: float | None = None
+    """Hard cases: probability that a small object stands against a larger one."""
+    small_confused: bool | None = None
+    """Hard cases: small objects' simulated CLIP confusers are labels of larger surfaces."""
+    hub_labels: int | None = None
+    """Hard cases: number of larger surfaces whose labels are strong simulated CLIP hubs."""
+    min_size_factor: float | None = None
+    """Minimum short side of every object, in smallest CLIP patches (default: the preset's)."""
 
     def main(self) -> None:
+        from dataclasses import fields
+
         from ovs3d.scenegen import make_scene
 
+        fixed = {"out", "preset", "seed"}
         overrides = {
-            k: v
-            for k, v in (("width", self.width), ("height", self.height), ("n_views", self.n_views))
-            if v is not None
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in fixed and getattr(self, f.name) is not None
         }
         t0 = time.perf_counter()
         path = make_scene(self.preset, self.seed, self.out, **overrides)
@@ -189,6 +206,8 @@ class Baseline:
     """Cache folder (default <scene>/.ovs3d_cache)."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
+    scales: tuple[int, ...] | None = None
+    """Alg. 1 scales to average (indices into features.pixel-clip.patch-divisors, largest patch first; default all)."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def main(self) -> None:
@@ -203,6 +222,7 @@ class Baseline:
             self.cache_dir,
             self.device,
             self.allow_download,
+            self.scales,
         )
         _print_metrics(metrics, self.out)
 

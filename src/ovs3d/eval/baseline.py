@@ -19,18 +19,24 @@ from ovs3d.foundation.features import FeatureConfig, clip_features
 from ovs3d.utils.device import resolve_device
 
 
-def baseline_labels(features: np.ndarray, text: torch.Tensor, normalize: bool) -> np.ndarray:
+def baseline_labels(
+    features: np.ndarray, text: torch.Tensor, normalize: bool, scales: tuple[int, ...] | None = None
+) -> np.ndarray:
     """Per-pixel labels from one view's features.
 
     Args:
         features: ``[S, H, W, D]`` pixel CLIP features of the view.
         text: ``[C, D]`` normalised label embeddings.
-        normalize: min–max normalise each label's relevancy over the view first.
+        normalize: min–max normalise each label's relevancy over the view first (after the scale average).
+        scales: indices of the scales to average (default: all).
 
     Returns:
         ``[H, W]`` int64 labels.
     """
-    f = F.normalize(torch.from_numpy(np.asarray(features, dtype=np.float32)), dim=-1)  # [S, H, W, D]
+    f = np.asarray(features, dtype=np.float32)
+    if scales is not None:
+        f = f[list(scales)]
+    f = F.normalize(torch.from_numpy(f), dim=-1)  # [S, H, W, D]
     rel = (f @ text.T).mean(0)  # [H, W, C]
     if normalize:
         lo = rel.amin(dim=(0, 1), keepdim=True)
@@ -48,8 +54,13 @@ def run_baseline(
     cache_dir: Path | None = None,
     device: str = "auto",
     allow_download: bool = False,
+    scales: tuple[int, ...] | None = None,
 ) -> dict:
-    """Score the 2D baseline on every annotated view; writes the same files as ``ovs3d eval`` into ``out``."""
+    """Score the 2D baseline on every annotated view; writes the same files as ``ovs3d eval`` into ``out``.
+
+    ``scales`` picks the Alg. 1 scales (indices into ``patch_divisors``, largest patch first) whose relevancy
+    is averaged; default all.
+    """
     from ovs3d.errors import OVS3DError
     from ovs3d.eval.report import write_segmentation_eval
     from ovs3d.foundation.registry import build_clip
@@ -70,9 +81,16 @@ def run_baseline(
     feats = clip_features(scene, clip, list(scene.annotated), cfg, cache_dir)
     preds, gts, rgbs = {}, {}, {}
     for j, v in enumerate(feats.view_ids):
-        preds[v] = baseline_labels(feats[j], text, normalize)
+        if scales is not None and not all(0 <= i < feats[j].shape[0] for i in scales):
+            raise OVS3DError(f"scales {list(scales)} out of range: the features have {feats[j].shape[0]} scales")
+        preds[v] = baseline_labels(feats[j], text, normalize, scales)
         gts[v] = scene.load_masks(v, cfg.semantic_downscale)
         rgbs[v] = scene.load_image(v, cfg.semantic_downscale)
     w, h = scene.image_size(cfg.semantic_downscale)
-    extra = {"method": "2d-baseline" + ("-minmax" if normalize else ""), "clip": clip.identity, "resolution": [w, h]}
+    extra = {
+        "method": "2d-baseline" + ("-minmax" if normalize else ""),
+        "clip": clip.identity,
+        "resolution": [w, h],
+        "scales": list(scales) if scales is not None else None,
+    }
     return write_segmentation_eval(Path(out), list(scene.classes), preds, gts, rgbs, "3dovs", extra)

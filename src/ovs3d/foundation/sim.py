@@ -86,6 +86,33 @@ def _uniform(low: float, high: float, *parts: Any) -> float:
     return float(np.random.default_rng(_seed(*parts)).uniform(low, high))
 
 
+def clip_confuser(label: str, labels: Sequence[str], seed: int = 0) -> str | None:
+    """The label SimCLIP makes ``label`` leak into: a hash pick among the other scene labels (SPEC §2).
+
+    Args:
+        label: a scene label.
+        labels: all labels of the scene (any order; duplicates ignored).
+        seed: the SimCLIP seed.
+
+    Returns:
+        The confuser, or ``None`` when the scene has no other label.
+    """
+    others = [k for k in sorted(set(labels)) if k != label]
+    if not others:
+        return None
+    i = np.random.default_rng(_seed("sim-clip", seed, "confuser", label)).integers(len(others))
+    return others[int(i)]
+
+
+def clip_hubness(
+    text: str,
+    seed: int = 0,
+    beta_range: tuple[float, float] = (SIM_DEFAULTS["clip_beta_min"], SIM_DEFAULTS["clip_beta_max"]),
+) -> float:
+    """SimCLIP's hubness ``β(s)`` of a string (SPEC §2): how much of the shared direction its text carries."""
+    return _uniform(*beta_range, "sim-clip", seed, "beta", text)
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -447,7 +474,7 @@ class SimCLIP:
 
     def hubness(self, text: str) -> float:
         """``β(s)`` in ``[beta_min, beta_max]``."""
-        return _uniform(*self.beta_range, "sim-clip", self.seed, "beta", text)
+        return clip_hubness(text, self.seed, self.beta_range)
 
     def confuser(self, label: str) -> str | None:
         """The scene label that ``label`` leaks into (``None`` if the scene has a single label)."""
@@ -456,11 +483,7 @@ class SimCLIP:
         return self._confusers[label]
 
     def _pick_confuser(self, label: str) -> str | None:
-        others = [k for k in self.scene.label_names if k != label]
-        if not others:
-            return None
-        i = np.random.default_rng(_seed("sim-clip", self.seed, "confuser", label)).integers(len(others))
-        return others[int(i)]
+        return clip_confuser(label, self.scene.label_names, self.seed)
 
     def label_embedding(self, label: str) -> np.ndarray:
         """``e_k``: ``[D]`` float64 unit vector of what a scene label looks like (with its confuser leak)."""

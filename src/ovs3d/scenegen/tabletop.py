@@ -106,6 +106,20 @@ class TabletopConfig:
     """Minimum visible pixels of every object and label, in units of ``(min(H, W) / 10)^2``."""
     max_layout_tries: int = 40
     """Layouts to draw before giving up when none passes the validity check."""
+    n_small: tuple[int, int] = (0, 0)
+    """Hard cases: inclusive range of extra *small* objects (footprint radius ``small_radius``, about 0.3-1 %
+    of a 320x240 image each) on top of ``n_objects``."""
+    small_radius: tuple[float, float] = (0.075, 0.12)
+    """Footprint radius range of the small objects (world units; the ``S`` class is 0.14-0.18)."""
+    small_touch_prob: float = 0.0
+    """Hard cases: probability that a small object stands against a larger one (touching it, camera side)."""
+    small_confused: bool = False
+    """Hard cases: give small objects labels whose simulated CLIP confuser (SPEC §2, SimCLIP seed 0) is the
+    label of a larger surface (wall, table or a larger object), so their CLIP evidence leaks into it."""
+    hub_labels: int = 0
+    """Hard cases: this many of the larger surfaces (wall, table, then objects, largest first) get labels that
+    are strong simulated CLIP hubs (hubness β in the top quarter of their label pool), which score high
+    everywhere."""
 
     def validate(self) -> None:
         """Raise :class:`OVS3DError` on values that cannot make a scene."""
@@ -128,6 +142,15 @@ class TabletopConfig:
             raise OVS3DError(f"hfov_deg={self.hfov_deg} must be in [10, 120]")
         if self.max_layout_tries < 1:
             raise OVS3DError("max_layout_tries must be >= 1")
+        lo, hi = self.n_small
+        if not 0 <= lo <= hi <= 8:
+            raise OVS3DError(f"n_small={self.n_small} must be a range within [0, 8]")
+        if not 0.02 <= self.small_radius[0] <= self.small_radius[1] <= 0.4:
+            raise OVS3DError(f"small_radius={self.small_radius} must be a range within [0.02, 0.4]")
+        if not 0.0 <= self.small_touch_prob <= 1.0:
+            raise OVS3DError(f"small_touch_prob={self.small_touch_prob} must be in [0, 1]")
+        if self.hub_labels < 0:
+            raise OVS3DError(f"hub_labels={self.hub_labels} must be >= 0")
 
 
 @dataclass
@@ -441,9 +464,9 @@ def _jitter(rng: np.random.Generator, color, amount: float = 0.04) -> np.ndarray
     return np.clip(np.asarray(color) + rng.normal(scale=amount, size=3), 0.0, 1.0)
 
 
-def _draw_shape(rng: np.random.Generator, kind: ObjectKind) -> rc.Shape:
+def _draw_shape(rng: np.random.Generator, kind: ObjectKind, radius: tuple[float, float] | None = None) -> rc.Shape:
     shape = kind.shapes[rng.integers(len(kind.shapes))]
-    lo, hi = SIZE_RADIUS["M" if shape == "torus" and kind.size == "S" else kind.size]
+    lo, hi = radius or SIZE_RADIUS["M" if shape == "torus" and kind.size == "S" else kind.size]
     r = rng.uniform(lo, hi)
     u = rng.uniform
     if shape == "sphere":
@@ -496,16 +519,40 @@ def _surface_texture(rng: np.random.Generator, kind: SurfaceKind, wall: bool) ->
 
 
 def _place(
-    rng: np.random.Generator, shapes: list[rc.Shape], gap: float = 0.07, choices: int = 6
+    rng: np.random.Generator,
+    shapes: list[rc.Shape],
+    gap: float = 0.07,
+    choices: int = 6,
+    touch: list[bool] | None = None,
 ) -> list[np.ndarray] | None:
     """Non-overlapping footprint centres ``[x, 0, z]`` for ``shapes`` (largest first), or ``None``.
 
     Each object takes, of ``choices`` free random spots, the one that overlaps least with the objects
     already placed as seen from the centre of the camera path (fewer fully hidden objects; partial
-    occlusions still happen).
+    occlusions still happen). An object with ``touch[i]`` instead stands against a larger object already
+    placed, on the side facing the cameras (footprints 2 mm apart).
     """
     order = np.argsort([-s.footprint() for s in shapes], kind="stable")
     placed: dict[int, np.ndarray] = {}
+
+    def free(x: float, z: float, fp: float, g: float) -> bool:
+        inside = LAYOUT_X[0] + fp <= x <= LAYOUT_X[1] - fp and LAYOUT_Z[0] + fp <= z <= LAYOUT_Z[1] - fp
+        return inside and all(
+            np.hypot(x - p[0], z - p[2]) >= fp + shapes[j].footprint() + g - 1e-9 for j, p in placed.items()
+        )
+
+    def against(fp: float) -> np.ndarray | None:
+        hosts = [j for j in placed if shapes[j].footprint() > fp]
+        for _ in range(100):
+            if not hosts:
+                return None
+            j = hosts[int(rng.integers(len(hosts)))]
+            ang = rng.uniform(-1.0, 1.0)  # radians from the host's camera-facing side (+z)
+            d = shapes[j].footprint() + fp + 0.002
+            x, z = placed[j][0] + d * np.sin(ang), placed[j][2] + d * np.cos(ang)
+            if free(x, z, fp, 0.002):
+                return np.array([x, 0.0, z])
+        return None
 
     def angles(x: float, z: float, fp: float) -> tuple[float, float]:
         dz = CAMERA_CENTRE[2] - z
@@ -513,6 +560,12 @@ def _place(
 
     for i in order:
         fp = shapes[i].footprint()
+        if touch is not None and touch[i]:
+            spot = against(fp)
+            if spot is None:
+                return None
+            placed[int(i)] = spot
+            continue
         best, best_score, found = None, -np.inf, 0
         for _ in range(300):
             x = rng.uniform(LAYOUT_X[0] + fp, LAYOUT_X[1] - fp)
@@ -539,6 +592,65 @@ def _place(
     return [placed[i] for i in range(len(shapes))]
 
 
+HUB_QUANTILE = 0.75
+"""``hub_labels`` draws labels whose SimCLIP hubness is in the top quarter of their pool."""
+
+
+def hub_kinds(pool):
+    """The kinds of ``pool`` whose SimCLIP hubness β (SPEC §2, seed 0) is in the pool's top quarter."""
+    from ovs3d.foundation.sim import clip_hubness
+
+    betas = np.array([clip_hubness(k.label) for k in pool])
+    return [k for k, b in zip(pool, betas) if b >= np.quantile(betas, HUB_QUANTILE)]
+
+
+def _draw_small_kinds(
+    rng: np.random.Generator, config: TabletopConfig, kinds: list[ObjectKind], surfaces: list[str]
+) -> list[ObjectKind] | None:
+    """Kinds of the small objects (labels not yet in the scene); with ``small_confused`` only label sets in
+    which every small label's SimCLIP confuser is a larger surface's label (``None`` if none is found)."""
+    from ovs3d.foundation.sim import clip_confuser
+
+    lo, hi = config.n_small
+    n = int(rng.integers(lo, hi + 1))
+    taken = {k.label for k in kinds}
+    pool = [k for k in OBJECTS if k.label not in taken]
+    if n > len(pool):
+        return None
+    for _ in range(200):
+        small = [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+        if not config.small_confused:
+            return small
+        larger = taken | set(surfaces)
+        labels = sorted(larger | {k.label for k in small})
+        if all(clip_confuser(k.label, labels) in larger for k in small):
+            return small
+    return None
+
+
+def _with_hub_labels(rng, n: int, wall_kind, table_kind, kinds: list[ObjectKind], shapes: list[rc.Shape]):
+    """Swap the labels of the ``n`` largest surfaces (wall, table, then objects by footprint) for strong
+    SimCLIP hubs of the same pool (:func:`hub_kinds`), keeping the object shapes (colours follow the label)."""
+
+    def hub(pool, exclude):
+        cands = [k for k in hub_kinds(pool) if k.label not in exclude]
+        return cands[int(rng.integers(len(cands)))] if cands else None
+
+    kinds = list(kinds)
+    used = {k.label for k in kinds}
+    if n >= 1:
+        wall_kind = hub(WALLS, ()) or wall_kind
+    if n >= 2:
+        table_kind = hub(TABLES, ()) or table_kind
+    for i in np.argsort([-s.footprint() for s in shapes], kind="stable")[: max(0, n - 2)]:
+        new = hub(OBJECTS, used)
+        if new is not None:
+            used.discard(kinds[i].label)
+            used.add(new.label)
+            kinds[i] = new
+    return wall_kind, table_kind, kinds
+
+
 def _draw_scene(config: TabletopConfig, attempt: int) -> TabletopScene | None:
     rng = np.random.default_rng([config.seed, attempt])
     wall_kind = WALLS[rng.integers(len(WALLS))]
@@ -551,7 +663,18 @@ def _draw_scene(config: TabletopConfig, attempt: int) -> TabletopScene | None:
         if dup:
             kinds[-1] = dup[0]
     shapes = [_draw_shape(rng, k) for k in kinds]
-    positions = _place(rng, shapes)
+    # Hard cases; without them nothing more is drawn, so default scenes stay bit-identical.
+    if config.hub_labels > 0:
+        wall_kind, table_kind, kinds = _with_hub_labels(rng, config.hub_labels, wall_kind, table_kind, kinds, shapes)
+    touch = None
+    if config.n_small[1] > 0:
+        small = _draw_small_kinds(rng, config, kinds, [wall_kind.label, table_kind.label])
+        if small is None:
+            return None
+        touch = [False] * len(kinds) + [bool(rng.random() < config.small_touch_prob) for _ in small]
+        shapes += [_draw_shape(rng, k, config.small_radius) for k in small]
+        kinds += small
+    positions = _place(rng, shapes, touch=touch)
     if positions is None:
         return None
     wall = Surface(1, wall_kind.label, _surface_texture(rng, wall_kind, True), 0.02, 8.0)
