@@ -154,13 +154,13 @@ def fit(cfg: FitConfig) -> Path:
         raise OVS3DError("no training views are left (every view is annotated and --holdout is set)")
     backends = None
     if cfg.method == "3dovs":
-        from ovs3d.methods.threedovs.pipeline import build_backends, fit_semantic
+        from ovs3d.methods.threedovs.pipeline import build_backends, fit_semantic, needs_dino
 
         if not scene.classes:
             raise OVS3DError(f"{scene.root} has no segmentations/classes.txt: 3D-OVS needs the label prompts")
         # Build (and so validate) the foundation models before writing anything or spending minutes on the
         # reconstruction: a bad flag leaves no half-made run behind.
-        backends = build_backends(cfg, scene, device, need_dino=cfg.semantic.use_fda)
+        backends = build_backends(cfg, scene, device, need_dino=needs_dino(cfg.semantic))
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run / "config.json",

@@ -224,7 +224,9 @@ def js_divergence(p: Tensor, q: Tensor, eps: float = 1e-12) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def relevancy_distribution(relevancy: Tensor, mode: Literal["paper", "code"] = "paper", eps: float = 1e-6) -> Tensor:
+def relevancy_distribution(
+    relevancy: Tensor, mode: Literal["paper", "code"] = "paper", eps: float = 1e-6, temperature: float = 1.0
+) -> Tensor:
     """Turn the normalised relevancy ``R̄(r) ∈ [0, 1]^C`` into the RDA target distribution.
 
     * ``"code"``: ``softmax(R̄)`` with temperature 1, as ``train_seg.py`` does. Since ``R̄ ∈ [0, 1]`` this
@@ -236,18 +238,24 @@ def relevancy_distribution(relevancy: Tensor, mode: Literal["paper", "code"] = "
       makes the target strictly positive and gives the uniform distribution on rays where every class
       has ``R̄ = 0``.
 
+    ``temperature`` sharpens either target (ours, not the paper's or the code's; 1 = both as published):
+    ``softmax(R̄ / T)`` in code mode, ``(R̄ + eps)^(1/T)`` rescaled in paper mode.
+
     Args:
         relevancy: ``[R, C]`` normalised relevancies (:func:`relevancy_targets`).
         mode: which reading, see above.
         eps: additive smoothing of the paper target (unused in code mode).
+        temperature: target temperature ``T > 0``.
 
     Returns:
         ``[R, C]`` distributions over classes.
     """
     if mode == "code":
-        return torch.softmax(relevancy, dim=-1)
+        return torch.softmax(relevancy / temperature, dim=-1)
     if mode == "paper":
         shifted = relevancy + eps
+        if temperature != 1.0:
+            shifted = shifted ** (1.0 / temperature)
         return shifted / shifted.sum(-1, keepdim=True)
     raise ValueError(f"mode must be 'paper' or 'code', got {mode!r}")
 
@@ -257,6 +265,7 @@ def rda_loss(
     relevancy: Tensor,
     mode: Literal["paper", "code"] = "paper",
     eps: float = 1e-6,
+    temperature: float = 1.0,
 ) -> Tensor:
     """Relevancy-Distribution Alignment loss (Eq. 5–8): ``mean_r JS(softmax(z(r)), target(r))``.
 
@@ -277,13 +286,14 @@ def rda_loss(
             detached by this function (the code lets the gradient reach the selection).
         mode: ``"paper"`` or ``"code"`` (only changes how the target becomes a distribution).
         eps: smoothing of the paper-mode target.
+        temperature: target temperature (:func:`relevancy_distribution`; 1 = as published).
 
     Returns:
         Scalar, the JS divergence averaged over rays (the paper sums; the code averages), in [0, ln 2].
     """
     _check_same_shape("logits", logits, "relevancy", relevancy)
     p = torch.softmax(logits, dim=-1)
-    q = relevancy_distribution(relevancy, mode=mode, eps=eps)
+    q = relevancy_distribution(relevancy, mode=mode, eps=eps, temperature=temperature)
     return js_divergence(p, q).mean()
 
 

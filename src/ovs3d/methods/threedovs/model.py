@@ -6,6 +6,10 @@
   linear basis maps to one value per CLIP scale, squashed with a sigmoid per point (Eq. 2 renders and
   softmaxes it per ray).
 
+* Optionally (``semantic_components``, ours) a semantic VM grid of its own whose components join the
+  appearance feature at the MLP input, so that the CLIP branch can tell apart places the appearance
+  volume encodes alike (a small object against its similar-looking neighbour).
+
 The official decoder has no nonlinearity (an affine map); ``feature_activation=True`` (our default)
 uses ReLUs, the "MLP" of the paper; both are available.
 """
@@ -33,6 +37,7 @@ class SemanticHeads(nn.Module):
         select_components: components per plane-line pair of the selection volume (16, 4, 4).
         feature_activation: ReLUs in the feature MLP (paper) or none (official code).
         seed: initialisation seed.
+        semantic_components: components per plane-line pair of the semantic grid; all 0 = none (paper).
     """
 
     def __init__(
@@ -46,21 +51,32 @@ class SemanticHeads(nn.Module):
         select_components: Sequence[int] = (16, 4, 4),
         feature_activation: bool = True,
         seed: int = 0,
+        semantic_components: Sequence[int] = (0, 0, 0),
     ) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
         act = [nn.ReLU(inplace=True)] if feature_activation else []
         self.select_planes, self.select_lines = _vm_params(select_components, resolution, 0.1, gen)
+        n_sem = sum(semantic_components)
+        self.feature_planes, self.feature_lines = (
+            _vm_params(semantic_components, resolution, 0.1, gen) if n_sem else (nn.ParameterList(), nn.ParameterList())
+        )
         with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: seed it, then restore
             torch.manual_seed(seed)
             self.feature_mlp = nn.Sequential(
-                nn.Linear(app_dim, width), *act, nn.Linear(width, width), *act, nn.Linear(width, feature_dim)
+                nn.Linear(app_dim + n_sem, width), *act, nn.Linear(width, width), *act, nn.Linear(width, feature_dim)
             )
             self.select_basis = nn.Linear(sum(select_components), n_scales, bias=True)
 
-    def features(self, app_feats: Tensor) -> Tensor:
-        """Per-sample CLIP features ``[M, D]`` from appearance features ``[M, app_dim]``."""
+    def features(self, app_feats: Tensor, xyz: Tensor | None = None) -> Tensor:
+        """Per-sample CLIP features ``[M, D]`` from appearance features ``[M, app_dim]`` (and, with a
+        semantic grid, the sample positions ``[M, 3]``)."""
+        if len(self.feature_planes):
+            if xyz is None:
+                raise ValueError("these heads have a semantic grid: pass the sample positions")
+            grid = vm_sample(self.feature_planes, self.feature_lines, normalize_coords(xyz, self.aabb))
+            app_feats = torch.cat([app_feats, grid], dim=-1)
         return self.feature_mlp(app_feats)
 
     def selection(self, xyz: Tensor) -> Tensor:
@@ -74,10 +90,14 @@ class SemanticHeads(nn.Module):
         p, l = resample_vm(list(self.select_planes), list(self.select_lines), resolution)
         self.select_planes = nn.ParameterList([nn.Parameter(x) for x in p])
         self.select_lines = nn.ParameterList([nn.Parameter(x) for x in l])
+        if len(self.feature_planes):
+            p, l = resample_vm(list(self.feature_planes), list(self.feature_lines), resolution)
+            self.feature_planes = nn.ParameterList([nn.Parameter(x) for x in p])
+            self.feature_lines = nn.ParameterList([nn.Parameter(x) for x in l])
 
     def grid_parameters(self) -> list[nn.Parameter]:
-        """Selection planes and lines (grid learning rate)."""
-        return [*self.select_planes, *self.select_lines]
+        """Selection (and semantic) planes and lines (grid learning rate)."""
+        return [*self.select_planes, *self.select_lines, *self.feature_planes, *self.feature_lines]
 
     def network_parameters(self) -> list[nn.Parameter]:
         """Feature MLP and selection basis (network learning rate)."""

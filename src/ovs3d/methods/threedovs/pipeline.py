@@ -19,6 +19,7 @@ from ovs3d.methods.scene_rays import ray_near, view_rays
 from ovs3d.methods.threedovs import losses as L
 from ovs3d.methods.threedovs.data import (
     normalized_clip_targets,
+    pixel_scale_prior,
     top_samples,
     view_pixel_samples,
     view_token_samples,
@@ -57,6 +58,34 @@ def resolve_spec(spec: str, scene: Scene, family: str) -> str:
     return "sim" if scene.has_sim else DEFAULT_REAL[family]
 
 
+def balanced_ray_weights(relevancy: torch.Tensor, scale_prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Sampling weights that give every pseudo-class the same share of the pixel rays.
+
+    A ray's pseudo-class is the argmax of its view's normalised relevancy ``R̄_s`` at its preferred scale
+    (``scale_prior``), or averaged over the scales without one; its weight is ``1 / (number of rays of that
+    pseudo-class)``.
+
+    Args:
+        relevancy: ``[R, S, C]`` per-scale normalised relevancies.
+        scale_prior: ``[R]`` preferred scale of each ray, or None.
+
+    Returns:
+        ``[R]`` float32 weights (any scale; for :func:`torch.multinomial`).
+    """
+    if scale_prior is not None:
+        rel = relevancy.gather(1, scale_prior[:, None, None].expand(-1, 1, relevancy.shape[-1]))[:, 0]
+    else:
+        rel = relevancy.float().mean(1)
+    pseudo = rel.argmax(-1)  # [R]
+    counts = torch.bincount(pseudo, minlength=relevancy.shape[-1]).float()
+    return (1.0 / counts)[pseudo]
+
+
+def needs_dino(scfg) -> bool:
+    """Whether the semantic stage reads DINO features (FDA, or the DINO scale prior of the selection)."""
+    return scfg.use_fda or scfg.selection_prior == "dino"
+
+
 def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: list[int]) -> SemanticData:
     """Features (cached), text embeddings, relevancy targets and the marched samples of every training ray."""
     fcfg = cfg.features
@@ -72,8 +101,35 @@ def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: li
         rgbs.append(torch.from_numpy(scene.load_image(v, fcfg.semantic_downscale)).reshape(-1, 3))
     k = cfg.semantic.samples_per_ray
     pixels = view_pixel_samples(trained, scene, list(feats.view_ids), fcfg.semantic_downscale, k)
+    dfeats = dino_features(scene, dino, views, fcfg, cache_root) if needs_dino(cfg.semantic) else None
+    scale_prior = None
+    if cfg.semantic.selection_prior == "dino":
+        from ovs3d.foundation.pixel_clip import patch_sizes
+
+        w, h = scene.image_size(fcfg.semantic_downscale)
+        patches = [p for p, _ in patch_sizes(h, w, fcfg.pixel_clip)]
+        scale_prior = torch.cat(
+            [
+                pixel_scale_prior(
+                    torch.from_numpy(np.array(dfeats[views.index(v)], dtype=np.float32)),
+                    (w, h),
+                    fcfg.semantic_downscale,
+                    fcfg.dino_downscale,
+                    dino.stride,
+                    patches,
+                    cfg.semantic.fda_shift,
+                    cfg.semantic.selection_purity,
+                )
+                for v in feats.view_ids
+            ]
+        )
+        shares = scale_prior.bincount(minlength=len(patches)) / len(scale_prior)
+        logger.info("DINO scale prior: share of pixels per scale (largest first) %s", shares.tolist())
+    relevancy = torch.cat(rels)  # [R_p, S, C]
+    ray_weights = None
+    if cfg.semantic.ray_sampling == "balanced":
+        ray_weights = balanced_ray_weights(relevancy, scale_prior)
     if cfg.semantic.use_fda:
-        dfeats = dino_features(scene, dino, views, fcfg, cache_root)
         dino_t = torch.cat(
             [
                 torch.from_numpy(np.array(dfeats[j], dtype=np.float32)).reshape(-1, dfeats[j].shape[-1])
@@ -92,12 +148,14 @@ def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: li
     return SemanticData(
         pixels=pixels,
         clip_targets=torch.cat(targets),
-        relevancy=torch.cat(rels),
+        relevancy=relevancy,
         rgb=torch.cat(rgbs),
         cells=cells,
         dino=dino_t,
         cell_grid=cell_grid,
         text=text,
+        scale_prior=scale_prior,
+        ray_weights=ray_weights,
     )
 
 
@@ -120,7 +178,7 @@ def fit_semantic(scene: Scene, run: Path, cfg, device, backends=None) -> Semanti
         if load_checkpoint(ckpt, kind="semantic")["step"] >= cfg.semantic.n_iters:
             heads, _, _ = load_semantic(trained, run, device)
             return heads
-    clip, dino = backends or build_backends(cfg, scene, device, need_dino=cfg.semantic.use_fda)
+    clip, dino = backends or build_backends(cfg, scene, device, need_dino=needs_dino(cfg.semantic))
     data = prepare_data(scene, trained, cfg, clip, dino, scene.train_views(cfg.holdout))
     return train_semantic(trained, data, run, cfg.semantic, device)
 
@@ -205,11 +263,12 @@ def with_ablation(cfg, name: str):
 
     Table 2: ``full`` (the library defaults), ``no_rda``, ``no_fda``, ``no_rebalance``, ``single_scale``
     (the s/7 patch only), ``half_views`` (CLIP features on 50% of the views), ``tenth_views`` (10%).
-    Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200), ``reference`` (the official
-    code's: unnormalised-feature RDA at weight 1, pairwise KL in FDA, λ_pos 200), ``code_rda`` /
-    ``code_rda_w5`` / ``rda_w5`` (RDA reading and weight alone), ``kl_fda`` (pairwise KL in FDA).
-    Any single setting: ``"semantic.<field>=<value>"`` or ``"features.<field>=<value>"``. Combine with
-    ``+``, applied left to right: ``"paper+no_fda"``.
+    ``previous``: the library defaults before issue 8 (settings added since are off).
+    Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200, uniform ray draws),
+    ``reference`` (the official code's: unnormalised-feature RDA at weight 1, pairwise KL in FDA, λ_pos 200,
+    uniform draws), ``code_rda`` / ``code_rda_w5`` / ``rda_w5`` (RDA reading and weight alone), ``kl_fda``
+    (pairwise KL in FDA). Any single setting: ``"semantic.<field>=<value>"`` or
+    ``"features.<field>=<value>"``. Combine with ``+``, applied left to right: ``"paper+no_fda"``.
     """
     if "+" in name:  # combinations, applied left to right: "code_rda_w5+no_fda"
         for part in name.split("+"):
@@ -220,11 +279,20 @@ def with_ablation(cfg, name: str):
         return _with_setting(cfg, name)
     if name == "full":
         return cfg
+    if name == "previous":  # the defaults before the small-object work (issue 8): settings added since, off
+        from ovs3d.methods.threedovs.trainer import LEGACY_SETTINGS
+
+        return replace(cfg, semantic=replace(sem, **LEGACY_SETTINGS))
     if name == "paper":  # the paper's readings and values (Eq. 4-5 cosine RDA, weight 1; lambda_pos 200)
-        return replace(cfg, semantic=replace(sem, rda_mode="paper", rda_weight=1.0, fda_w_pos=200.0))
+        return replace(
+            cfg, semantic=replace(sem, rda_mode="paper", rda_weight=1.0, fda_w_pos=200.0, ray_sampling="uniform")
+        )
     if name == "reference":  # the official code's readings and values (unnormalised RDA, KL in FDA)
         return replace(
-            cfg, semantic=replace(sem, rda_mode="code", rda_weight=1.0, fda_divergence="kl", fda_w_pos=200.0)
+            cfg,
+            semantic=replace(
+                sem, rda_mode="code", rda_weight=1.0, fda_divergence="kl", fda_w_pos=200.0, ray_sampling="uniform"
+            ),
         )
     if name == "no_rda":
         return replace(cfg, semantic=replace(sem, use_rda=False))
@@ -270,6 +338,7 @@ def _with_setting(cfg, assignment: str):
 
 ABLATIONS = (
     "full",
+    "previous",
     "paper",
     "reference",
     "no_rda",

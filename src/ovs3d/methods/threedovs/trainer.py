@@ -55,6 +55,10 @@ class SemanticConfig:
     """Hidden width of the CLIP-feature MLP (reference: 128)."""
     select_components: tuple[int, int, int] = (16, 4, 4)
     """Selection Volume components per plane-line pair (reference: density's 16, 4, 4)."""
+    semantic_components: tuple[int, int, int] = (0, 0, 0)
+    """Components per plane-line pair of a semantic VM grid whose features join the appearance feature at the
+    CLIP-feature MLP's input (ours); (0, 0, 0) = none: the CLIP branch reads the appearance volume alone, as
+    in the paper and the code."""
     lr_grid: float = 0.02
     """Selection grids (reference: 0.02)."""
     lr_net: float = 1e-3
@@ -74,6 +78,24 @@ class SemanticConfig:
     """``code`` (default): unnormalised feature, softmax(R̄), as the official code; ``paper``: cosine logits
     (Eq. 4-5 at temperature 1), R̄ rescaled to a distribution. The paper's reading cannot overcome the
     ambiguity on our scenes (bench/RESULTS.md §3); ``variant paper`` restores all the paper's choices."""
+    rda_temperature: float = 1.0
+    """Temperature of the RDA target (``softmax(R̄ / T)`` in code mode); 1 = the paper's and the code's."""
+    rda_detach_selection: bool = False
+    """Stop RDA's gradient from reaching the Selection Volume through its target ``Σ_s S_s R̄_s``. False = the
+    official code (the target may then move towards the prediction instead of the reverse)."""
+    selection_prior: Literal["none", "dino"] = "none"
+    """``dino``: teach the Selection Volume the scale DINO says fits each pixel's object (the largest Alg. 1
+    window that is mostly the pixel's own DINO segment, else the smallest; ours, not the paper's). ``none``:
+    the selection learns only from the feature loss and RDA, as in the paper and the code."""
+    selection_prior_weight: float = 1.0
+    """Weight of the selection-prior loss (cross-entropy of the rendered selection to the preferred scale)."""
+    selection_purity: float = 0.5
+    """Share of a window that must be the pixel's own DINO segment for the window to count as fitting."""
+    ray_sampling: Literal["uniform", "balanced"] = "balanced"
+    """``balanced`` (default, ours): each pixel ray is drawn with probability inversely proportional to the size
+    of its pseudo-class (the argmax of its view's normalised relevancy), so that a label covering 0.5 % of the
+    pixels is not 0.5 % of every batch; with uniform draws the shared field fits the large labels and small
+    objects vanish (bench/RESULTS.md §4). ``uniform``: the paper's and the code's draws."""
     use_fda: bool = True
     """Feature-Distribution Alignment (ablation: False)."""
     fda_rebalance: bool = True
@@ -112,6 +134,8 @@ class SemanticData:
         dino: ``[R_d, Dd]`` DINO features of those cells.
         cell_grid: ``(n_views, h, w)`` of the DINO cells.
         text: ``[C, D]`` normalised class text features.
+        scale_prior: ``[R_p]`` int64 preferred scale of each pixel ray (``selection_prior="dino"``), else None.
+        ray_weights: ``[R_p]`` sampling weights of the pixel rays (``ray_sampling="balanced"``), else None.
     """
 
     pixels: RaySamples
@@ -122,6 +146,8 @@ class SemanticData:
     dino: Tensor
     cell_grid: tuple[int, int, int]
     text: Tensor
+    scale_prior: Tensor | None = None
+    ray_weights: Tensor | None = None
 
 
 def render_samples(
@@ -145,7 +171,7 @@ def render_samples(
     w = samples.weights[keep]  # [M]
     ray_idx = keep.nonzero()[:, 0]
     app = trained.field.app_features(pts)  # [M, app_dim]
-    feats = heads.features(app)
+    feats = heads.features(app, pts)
     out = {"features": torch.zeros(r, feats.shape[-1], device=feats.device).index_add(0, ray_idx, w[:, None] * feats)}
     if with_select:
         sel = heads.selection(pts)
@@ -195,6 +221,7 @@ def build_heads(trained: TrainedField, cfg: SemanticConfig, feature_dim: int, n_
         cfg.select_components,
         cfg.feature_activation,
         seed=cfg.seed,
+        semantic_components=cfg.semantic_components,
     )
 
 
@@ -209,7 +236,10 @@ def semantic_losses(
 ) -> tuple[Tensor, dict[str, float]]:
     """One step's total loss and its parts (Eq. 3 + Eq. 8 + Eq. 14, RGB in the joint phase)."""
     joint = step >= cfg.joint_start
-    idx = torch.randint(0, len(data.pixels), (cfg.batch_size,), generator=gen)
+    if data.ray_weights is not None:
+        idx = torch.multinomial(data.ray_weights, cfg.batch_size, replacement=True, generator=gen)
+    else:
+        idx = torch.randint(0, len(data.pixels), (cfg.batch_size,), generator=gen)
     batch = data.pixels.index(idx).to(device)
     out = render_samples(trained, heads, batch, with_select=True, with_rgb=joint)
     selection = L.selection_softmax(out["select_raw"])  # [B, S]
@@ -217,10 +247,16 @@ def semantic_losses(
     loss_feat = L.feature_loss(out["features"], target)
     parts = {"feat": float(loss_feat.detach())}
     loss = loss_feat
+    if data.scale_prior is not None and cfg.selection_prior_weight > 0:
+        preferred = data.scale_prior[idx].to(device)
+        loss_sel = -torch.log(selection.gather(1, preferred[:, None]).clamp_min(1e-12)).mean()
+        loss = loss + cfg.selection_prior_weight * loss_sel
+        parts["sel"] = float(loss_sel.detach())
     if cfg.use_rda and cfg.rda_weight > 0:
         logits = L.segmentation_logits(out["features"], data.text, normalize=cfg.rda_mode == "paper")
-        rel = L.relevancy_targets(data.relevancy[idx].to(device), selection)
-        loss_rda = L.rda_loss(logits, rel, mode=cfg.rda_mode)
+        rda_selection = selection.detach() if cfg.rda_detach_selection else selection
+        rel = L.relevancy_targets(data.relevancy[idx].to(device), rda_selection)
+        loss_rda = L.rda_loss(logits, rel, mode=cfg.rda_mode, temperature=cfg.rda_temperature)
         loss = loss + cfg.rda_weight * loss_rda
         parts["rda"] = float(loss_rda.detach())
     if cfg.use_fda:
@@ -323,11 +359,22 @@ def train_semantic(
     return heads
 
 
+LEGACY_SETTINGS: dict = {
+    "rda_temperature": 1.0,
+    "rda_detach_selection": False,
+    "selection_prior": "none",
+    "ray_sampling": "uniform",
+    "semantic_components": (0, 0, 0),
+}
+"""What settings added later meant before they existed: a run stored without them is read with these."""
+
+
 def semantic_config_from_dict(d: dict) -> SemanticConfig:
-    """Rebuild a :class:`SemanticConfig` from ``asdict`` output."""
-    d = dict(d)
-    if "select_components" in d:
-        d["select_components"] = tuple(d["select_components"])
+    """Rebuild a :class:`SemanticConfig` from ``asdict`` output (older runs: see :data:`LEGACY_SETTINGS`)."""
+    d = {**LEGACY_SETTINGS, **d}
+    for key in ("select_components", "semantic_components"):
+        if key in d:
+            d[key] = tuple(d[key])
     return SemanticConfig(**d)
 
 

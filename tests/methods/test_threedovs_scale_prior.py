@@ -1,0 +1,87 @@
+"""The DINO scale prior of the Selection Volume (issue 8) against simple reference implementations."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovs3d.methods.threedovs import losses as L
+from ovs3d.methods.threedovs.data import dino_purity, pixel_scale_prior, preferred_scales
+
+
+def _purity_loop(dino, radii, shift):
+    f = F.normalize(dino, dim=-1)
+    h, w, _ = f.shape
+    out = torch.zeros(h, w, len(radii))
+    for y in range(h):
+        for x in range(w):
+            for s, r in enumerate(radii):
+                ys, xs = slice(max(0, y - r), min(h, y + r + 1)), slice(max(0, x - r), min(w, x + r + 1))
+                sim = (f[ys, xs] @ f[y, x]) > shift
+                out[y, x, s] = sim.float().mean()
+    return out
+
+
+def test_purity_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    dino = torch.randn(7, 9, 5, generator=g)
+    radii = [3, 1, 0]
+    torch.testing.assert_close(dino_purity(dino, radii, 0.2), _purity_loop(dino, radii, 0.2))
+
+
+def test_preferred_scale_is_the_largest_mostly_pure_window():
+    purity = torch.tensor([[0.9, 0.9, 1.0], [0.3, 0.6, 1.0], [0.2, 0.4, 0.45], [0.1, 0.2, 1.0]])
+    assert preferred_scales(purity, 0.5).tolist() == [0, 1, 2, 2]
+
+
+def test_small_segment_prefers_the_small_scale():
+    """A 2x2-cell object on a uniform background: the background far away reads the largest window,
+    the object the smallest."""
+    dino = torch.zeros(16, 16, 4)
+    dino[..., 0] = 1.0
+    dino[7:9, 7:9] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    # CLIP grid at twice the cell density (cells_per_px = 4 / (1 * 8) = 0.5), windows of 12, 8 and 4 px
+    prior = pixel_scale_prior(dino, (32, 32), 4.0, 1.0, 8, [12, 8, 4], shift=0.7).reshape(32, 32)
+    assert prior[0, 0] == 0  # background corner: the largest window is all background
+    assert (prior[15:17, 15:17] == 2).all()  # on the object: only the smallest window is mostly object
+
+
+def test_rda_temperature_sharpens_the_target():
+    rel = torch.tensor([[0.6, 0.5, 0.1]])
+    q1 = L.relevancy_distribution(rel, mode="code")
+    q02 = L.relevancy_distribution(rel, mode="code", temperature=0.2)
+    torch.testing.assert_close(q02, torch.softmax(rel / 0.2, -1))
+    assert q02[0, 0] > q1[0, 0] and q02.argmax() == q1.argmax()
+    p1 = L.relevancy_distribution(rel, mode="paper")
+    p05 = L.relevancy_distribution(rel, mode="paper", temperature=0.5)
+    assert p05[0, 0] > p1[0, 0]
+    torch.testing.assert_close(p05.sum(-1), torch.ones(1))
+
+
+def test_balanced_ray_weights_give_each_pseudo_class_an_equal_share():
+    from ovs3d.methods.threedovs.pipeline import balanced_ray_weights
+
+    # 90 rays whose relevancy says class 0, 10 that say class 2 (scales averaged)
+    rel = torch.zeros(100, 3, 3)
+    rel[:90, :, 0] = 1.0
+    rel[90:, :, 2] = 1.0
+    w = balanced_ray_weights(rel)
+    assert w[:90].sum() == pytest.approx(1.0) and w[90:].sum() == pytest.approx(1.0)
+    # with a preferred scale, the pseudo-class is read at that scale
+    rel[:5, 2] = torch.tensor([0.0, 1.0, 0.0])
+    w = balanced_ray_weights(rel, torch.tensor([2] * 5 + [0] * 95))
+    assert w[:5].sum() == pytest.approx(1.0)
+
+
+def test_semantic_grid_lets_features_depend_on_position():
+    from ovs3d.methods.threedovs.model import SemanticHeads
+
+    aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    plain = SemanticHeads(aabb, (8, 8, 8), app_dim=4, feature_dim=6, width=8, seed=0)
+    heads = SemanticHeads(aabb, (8, 8, 8), app_dim=4, feature_dim=6, width=8, seed=0, semantic_components=(2, 2, 2))
+    app = torch.ones(2, 4)  # the same appearance at two places
+    xyz = torch.tensor([[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]])
+    f = heads.features(app, xyz)
+    assert not torch.allclose(f[0], f[1])
+    torch.testing.assert_close(plain.features(app)[0], plain.features(app)[1])
+    with pytest.raises(ValueError, match="positions"):
+        heads.features(app)
