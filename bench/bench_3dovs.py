@@ -6,9 +6,17 @@ the full method is fitted and evaluated, and each requested ablation re-trains o
 on the same reconstruction (copied checkpoint). Results accumulate in ``OUT/results.jsonl`` (one line per
 run; finished runs are skipped when the script is re-run) and are summarised in ``OUT/summary.md``.
 
+Scene sets (``--set``): ``tabletop`` (the default preset, seeds as given) and the small-object hard cases
+of issue 8, ``hard-val`` (validation: used to choose settings, never reported as results) and ``hard-test``
+(test: seeds and options fixed before any result was seen, only reported). Their make-scene options are in
+:data:`SCENE_SETS`. Every record holds the per-label IoU (mean over the annotated views) and each label's
+share of the annotated views' pixels; the 2D baseline is scored raw, min-max normalised over the 3 scales
+and min-max normalised per scale.
+
 Usage::
 
     python bench/bench_3dovs.py --seeds 0 1 2 3 4 --protocols 3dovs holdout --ablations full
+    python bench/bench_3dovs.py --set hard-test --protocols 3dovs holdout --ablations full
     python bench/bench_3dovs.py --seeds 0 1 --protocols 3dovs --ablations full no_rda no_fda no_rebalance \\
         single_scale half_views tenth_views
 """
@@ -30,6 +38,62 @@ from ovs3d.methods.threedovs.pipeline import ABLATIONS, with_ablation
 from ovs3d.run import FitConfig, evaluate, fit
 from ovs3d.scenegen import make_scene
 from ovs3d.utils.console import set_quiet
+
+SMALL = {"n_small": (2, 3), "small_touch_prob": 0.5, "small_confused": True}
+SCENE_SETS: dict[str, dict[int, dict]] = {
+    # validation: choose settings on these only
+    "hard-val": {
+        1000: {**SMALL},
+        1001: {"width": 160, "height": 120, "n_small": (2, 2), "hub_labels": 2},
+        1002: {
+            "width": 240,
+            "height": 180,
+            "n_small": (3, 4),
+            "small_touch_prob": 1.0,
+            "small_confused": True,
+            "hub_labels": 1,
+        },
+    },
+    # test: fixed before any result was seen; only reported
+    "hard-test": {
+        2000: {**SMALL},
+        2001: {"width": 160, "height": 120, "n_small": (2, 3), "hub_labels": 2, "small_touch_prob": 0.3},
+        2002: {
+            "width": 240,
+            "height": 180,
+            "n_small": (3, 4),
+            "small_confused": True,
+            "hub_labels": 3,
+            "small_touch_prob": 1.0,
+        },
+        2003: {"n_objects": (4, 5), "n_small": (1, 2), "small_confused": True},
+    },
+}
+"""Seeds and make-scene options of the hard-case scene sets (issue 8)."""
+
+
+def scene_dir_for(out: Path, scene_set: str, seed: int) -> Path:
+    """Generate (once) and return the scene of ``seed`` in ``scene_set``."""
+    opts = {} if scene_set == "tabletop" else SCENE_SETS[scene_set][seed]
+    scene_dir = out / f"{scene_set}-{seed}"
+    if not (scene_dir / "poses_bounds.npy").exists():
+        make_scene("tabletop", seed, scene_dir, **opts)
+    return scene_dir
+
+
+def label_shares(scene_dir: Path) -> dict[str, float]:
+    """Each label's share of the annotated views' pixels (mean over views)."""
+    from ovs3d.io.loader import load_scene
+
+    scene = load_scene(scene_dir)
+    shares = np.mean([scene.load_masks(v).reshape(len(scene.classes), -1).mean(1) for v in scene.annotated], 0)
+    return {c: round(float(x), 5) for c, x in zip(scene.classes, shares)}
+
+
+def per_label_iou(metrics: dict) -> dict[str, float]:
+    """Per-label IoU averaged over the annotated views."""
+    views = list(metrics["per_view"].values())
+    return {c: round(float(np.mean([v["iou"][c] for v in views])), 4) for c in metrics["classes"]}
 
 
 def _done(results: Path) -> dict[str, dict]:
@@ -56,7 +120,8 @@ def _semantic_stats(run: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--set", dest="scene_set", default="tabletop", choices=["tabletop", *SCENE_SETS])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0-4 (tabletop) or the set's")
     ap.add_argument("--protocols", nargs="+", default=["3dovs", "holdout"], choices=["3dovs", "holdout"])
     ap.add_argument(
         "--ablations",
@@ -72,35 +137,42 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     done = _done(results)
-    for seed in args.seeds:
-        scene_dir = args.out / f"tabletop-{seed}"
-        if not (scene_dir / "poses_bounds.npy").exists():
-            make_scene("tabletop", seed, scene_dir)
-        for normalize in (False, True):
-            name = f"seed{seed}/baseline{'-minmax' if normalize else ''}"
+    seeds = args.seeds or ([0, 1, 2, 3, 4] if args.scene_set == "tabletop" else sorted(SCENE_SETS[args.scene_set]))
+    # tabletop records keep their earlier names ("seed0/...")
+    prefix = "" if args.scene_set == "tabletop" else f"{args.scene_set}/"
+    for seed in seeds:
+        scene_dir = scene_dir_for(args.out, args.scene_set, seed)
+        shares = label_shares(scene_dir)
+        for normalize, scales in ((False, None), (True, None), (True, (0,)), (True, (1,)), (True, (2,))):
+            tag = ("-minmax" if normalize else "") + (f"-scale{scales[0]}" if scales else "")
+            name = f"{prefix}seed{seed}/baseline{tag}"
             if name not in done:
-                m = run_baseline(scene_dir, args.out / name, normalize=normalize)
+                m = run_baseline(scene_dir, args.out / name, normalize=normalize, scales=scales)
                 _log(
                     results,
                     {
                         "name": name,
+                        "set": args.scene_set,
                         "seed": seed,
                         "method": "2d-baseline",
                         "normalize": normalize,
+                        "scales": list(scales) if scales else None,
                         "protocol": "3dovs",
                         "miou": m["miou"],
                         "accuracy": m["accuracy"],
                         "macc": m["macc"],
+                        "iou": per_label_iou(m),
+                        "share": shares,
                     },
                 )
         for protocol in args.protocols:
             holdout = protocol == "holdout"
-            recon_run = args.out / f"seed{seed}" / protocol / "recon"
+            recon_run = args.out / f"{prefix}seed{seed}" / protocol / "recon"
             for abl in args.ablations:
-                name = f"seed{seed}/{protocol}/{abl}"
+                name = f"{prefix}seed{seed}/{protocol}/{abl}"
                 if name in done:
                     continue
-                run = args.out / f"seed{seed}" / protocol / abl
+                run = args.out / f"{prefix}seed{seed}" / protocol / abl
                 cfg = with_ablation(FitConfig(scene=scene_dir, out=run, holdout=holdout), abl)
                 # one reconstruction per seed and protocol, shared by the full method and its ablations
                 # fit resumes an interrupted reconstruction and returns at once for a finished one
@@ -115,6 +187,7 @@ def main() -> None:
                 m = evaluate(run)
                 rec = {
                     "name": name,
+                    "set": args.scene_set,
                     "seed": seed,
                     "protocol": protocol,
                     "ablation": abl,
@@ -122,6 +195,8 @@ def main() -> None:
                     "accuracy": m["accuracy"],
                     "macc": m["macc"],
                     "psnr": m.get("psnr"),
+                    "iou": per_label_iou(m),
+                    "share": shares,
                     "recon_seconds": round(recon_s, 1) or None,
                     "semantic_fit_seconds": round(fit_s, 1),
                     **_semantic_stats(run),
@@ -136,7 +211,9 @@ def summarise(results: Path, out: Path) -> None:
     recs = [json.loads(x) for x in results.read_text().splitlines()]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in recs:
-        key = (r["protocol"], r.get("ablation", "2d-baseline" + ("-minmax" if r.get("normalize") else "")))
+        base = "2d-baseline" + ("-minmax" if r.get("normalize") else "")
+        base += f"-scale{r['scales'][0]}" if r.get("scales") else ""
+        key = (r.get("set", "tabletop") + " " + r["protocol"], r.get("ablation", base))
         groups.setdefault(key, []).append(r)
     lines = [
         "| protocol | method | seeds | mean mIoU | mean accuracy | mean mAcc | per-seed mIoU |",

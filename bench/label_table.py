@@ -1,0 +1,101 @@
+"""Per-label IoU tables from ``bench_3dovs.py`` records: one table per scene, one column per method/variant.
+
+Usage::
+
+    python bench/label_table.py bench/out/3dovs/results.jsonl --set hard-test --protocol 3dovs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _method(r: dict) -> str:
+    if "ablation" in r:
+        return r["ablation"]
+    tag = "2D min-max" if r.get("normalize") else "2D raw"
+    return tag + (f" s{r['scales'][0]}" if r.get("scales") else "")
+
+
+def tables(records: list[dict], scene_set: str, protocol: str, methods: list[str] | None = None) -> str:
+    """Markdown: per scene, rows = labels (smallest first, with their share), columns = methods."""
+    out = []
+    seeds = sorted({r["seed"] for r in records if r.get("set", "tabletop") == scene_set})
+    for seed in seeds:
+        recs = [
+            r
+            for r in records
+            if r.get("set", "tabletop") == scene_set
+            and r["seed"] == seed
+            and "iou" in r
+            and (r["protocol"] == protocol or r.get("method") == "2d-baseline")
+        ]
+        by = {_method(r): r for r in recs}
+        cols = [m for m in (methods or by) if m in by]
+        if not cols:
+            continue
+        share = next(iter(by.values()))["share"]
+        out.append(f"\n**{scene_set} seed {seed}, {protocol} protocol** (IoU per label, mean over annotated views)\n")
+        out.append("| label | share | " + " | ".join(cols) + " |")
+        out.append("|---|---|" + "---|" * len(cols))
+        for label in sorted(share, key=share.get):
+            vals = " | ".join(f"{by[m]['iou'][label]:.2f}" for m in cols)
+            out.append(f"| {label} | {100 * share[label]:.2f}% | {vals} |")
+        out.append("| **mIoU** | | " + " | ".join(f"**{by[m]['miou']:.3f}**" for m in cols) + " |")
+    return "\n".join(out)
+
+
+def summary(records: list[dict], scene_set: str, protocol: str, methods: list[str] | None = None) -> str:
+    """Markdown: mean mIoU per method over the set's scenes, with per-seed values."""
+    rows = {}
+    for r in records:
+        if r.get("set", "tabletop") != scene_set or "iou" not in r:
+            continue
+        if r["protocol"] != protocol and r.get("method") != "2d-baseline":
+            continue
+        rows.setdefault(_method(r), {})[r["seed"]] = r
+    lines = [
+        "| method | scenes | mean mIoU | mean accuracy | per-scene mIoU (Δ vs 2D min-max) | lost labels |",
+        "|---|---|---|---|---|---|",
+    ]
+    ref = rows.get("2D min-max", {})
+    for m in [m for m in (methods or rows) if m in rows]:
+        rs = rows[m]
+        per = " ".join(
+            f"{s}: {rs[s]['miou']:.3f}" + (f" ({rs[s]['miou'] - ref[s]['miou']:+.2f})" if s in ref else "")
+            for s in sorted(rs)
+        )
+        lost = [
+            f"{s}/{label} {ref[s]['iou'][label]:.2f}→{rs[s]['iou'][label]:.2f}"
+            for s in sorted(rs)
+            if s in ref
+            for label in rs[s]["iou"]
+            if ref[s]["iou"][label] >= 0.3 and rs[s]["iou"][label] < 0.5
+        ]
+        lines.append(
+            f"| {m} | {len(rs)} | {np.mean([r['miou'] for r in rs.values()]):.3f} | "
+            f"{np.mean([r['accuracy'] for r in rs.values()]):.3f} | {per} | {len(lost)}: {', '.join(lost)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path)
+    ap.add_argument("--set", dest="scene_set", default="tabletop")
+    ap.add_argument("--protocol", default="3dovs")
+    ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--per-label", action="store_true")
+    args = ap.parse_args()
+    records = [json.loads(x) for x in args.results.read_text().splitlines() if x.strip()]
+    print(summary(records, args.scene_set, args.protocol, args.methods))
+    if args.per_label:
+        print(tables(records, args.scene_set, args.protocol, args.methods))
+
+
+if __name__ == "__main__":
+    main()
