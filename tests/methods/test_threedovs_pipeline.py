@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ovs3d.io.loader import load_scene
@@ -138,3 +139,52 @@ def test_semantic_checkpoint_describes_its_heads(tiny_scene_dir, tmp_path):
     assert text.shape == (n_classes, dim) and loaded_cfg == cfg
     for a, b in zip(heads.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_semantic_resume_from_the_joint_start_matches_uninterrupted(tiny_scene_dir, tmp_path, monkeypatch):
+    """A checkpoint written at ``joint_start`` (the defaults have checkpoint_every == joint_start) resumes."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from ovs3d.methods.threedovs import trainer as T
+
+    scene = load_scene(tiny_scene_dir)
+    trained = _trained(scene, tmp_path)
+    o, d = view_rays(scene, 0, 4.0)  # 16 x 12 rays
+    s = top_samples(trained, o, d, ray_near(scene), k=4)
+    g = torch.Generator().manual_seed(0)
+    n = len(s)
+    data = T.SemanticData(
+        pixels=s,
+        clip_targets=F.normalize(torch.randn(n, 3, 16, generator=g), dim=-1).half(),
+        relevancy=torch.rand(n, 3, 5, generator=g),
+        rgb=torch.rand(n, 3, generator=g),
+        cells=s,
+        dino=torch.randn(n, 8, generator=g).half(),
+        cell_grid=(1, 12, 16),
+        text=F.normalize(torch.randn(5, 16, generator=g), dim=-1),
+        ray_weights=torch.rand(n, generator=g),
+    )
+    cfg = SemanticConfig(n_iters=6, joint_start=3, checkpoint_every=3, batch_size=32, patch_cells=4, n_patches=2)
+    full = T.train_semantic(copy.deepcopy(trained), data, tmp_path / "full", cfg)
+
+    losses = T.semantic_losses
+
+    def crash(*args):
+        if args[4] == 4:  # step 4: after the checkpoint at the joint start
+            raise _Interrupt
+        return losses(*args)
+
+    monkeypatch.setattr(T, "semantic_losses", crash)
+    cut = copy.deepcopy(trained)
+    with pytest.raises(_Interrupt):
+        T.train_semantic(cut, data, tmp_path / "cut", cfg)
+    monkeypatch.setattr(T, "semantic_losses", losses)
+    resumed = T.train_semantic(copy.deepcopy(trained), data, tmp_path / "cut", cfg)
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name

@@ -58,16 +58,19 @@ def resolve_spec(spec: str, scene: Scene, family: str) -> str:
     return "sim" if scene.has_sim else DEFAULT_REAL[family]
 
 
-def balanced_ray_weights(relevancy: torch.Tensor, scale_prior: torch.Tensor | None = None) -> torch.Tensor:
-    """Sampling weights that give every pseudo-class the same share of the pixel rays.
+def balanced_ray_weights(
+    relevancy: torch.Tensor, scale_prior: torch.Tensor | None = None, power: float = 1.0
+) -> torch.Tensor:
+    """Sampling weights that rebalance the pixel rays by pseudo-class.
 
     A ray's pseudo-class is the argmax of its view's normalised relevancy ``R̄_s`` at its preferred scale
-    (``scale_prior``), or averaged over the scales without one; its weight is ``1 / (number of rays of that
-    pseudo-class)``.
+    (``scale_prior``), or averaged over the scales without one; its weight is ``n^-power`` with ``n`` the
+    number of rays of that pseudo-class (``power=1``: every pseudo-class gets the same share).
 
     Args:
         relevancy: ``[R, S, C]`` per-scale normalised relevancies.
         scale_prior: ``[R]`` preferred scale of each ray, or None.
+        power: the exponent (0 = uniform).
 
     Returns:
         ``[R]`` float32 weights (any scale; for :func:`torch.multinomial`).
@@ -78,7 +81,7 @@ def balanced_ray_weights(relevancy: torch.Tensor, scale_prior: torch.Tensor | No
         rel = relevancy.float().mean(1)
     pseudo = rel.argmax(-1)  # [R]
     counts = torch.bincount(pseudo, minlength=relevancy.shape[-1]).float()
-    return (1.0 / counts)[pseudo]
+    return counts.clamp_min(1).pow(-power)[pseudo]
 
 
 def needs_dino(scfg) -> bool:
@@ -128,7 +131,7 @@ def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: li
     relevancy = torch.cat(rels)  # [R_p, S, C]
     ray_weights = None
     if cfg.semantic.ray_sampling == "balanced":
-        ray_weights = balanced_ray_weights(relevancy, scale_prior)
+        ray_weights = balanced_ray_weights(relevancy, scale_prior, cfg.semantic.ray_balance_power)
     if cfg.semantic.use_fda:
         dino_t = torch.cat(
             [

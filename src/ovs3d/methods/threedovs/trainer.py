@@ -96,6 +96,9 @@ class SemanticConfig:
     of its pseudo-class (the argmax of its view's normalised relevancy), so that a label covering 0.5 % of the
     pixels is not 0.5 % of every batch; with uniform draws the shared field fits the large labels and small
     objects vanish (bench/RESULTS.md §4). ``uniform``: the paper's and the code's draws."""
+    ray_balance_power: float = 1.0
+    """Exponent γ of the balanced draws: a ray's weight is (size of its pseudo-class)^-γ; 1 gives every
+    pseudo-class the same share, 0 is uniform."""
     use_fda: bool = True
     """Feature-Distribution Alignment (ablation: False)."""
     fda_rebalance: bool = True
@@ -314,7 +317,9 @@ def train_semantic(
         trained.field.load_state_dict(state["field"])
         gen.set_state(state["rng"])
         stats = dict(state.get("stats", stats))
-        joint = step >= cfg.joint_start
+        # The checkpoint at step == joint_start was written before the switch (the loop switches on entry to
+        # that iteration), so it holds the first phase's optimiser.
+        joint = step > cfg.joint_start
         _set_trainable(trained, joint)
         opt = _optimizer(trained, heads, cfg, joint)
         opt.load_state_dict(state["optimizer"])
@@ -364,6 +369,7 @@ LEGACY_SETTINGS: dict = {
     "rda_detach_selection": False,
     "selection_prior": "none",
     "ray_sampling": "uniform",
+    "ray_balance_power": 1.0,
     "semantic_components": (0, 0, 0),
 }
 """What settings added later meant before they existed: a run stored without them is read with these."""
