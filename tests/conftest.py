@@ -30,3 +30,23 @@ def small_scene_dir(tmp_path_factory) -> Path:
 
     cfg = {"width": 128, "height": 96, "n_views": 10, "n_annotated": 2, "supersample": 1}
     return make_scene("tabletop", 1, tmp_path_factory.mktemp("scenes") / "small", **cfg)
+
+
+@pytest.fixture
+def short_fit_settings() -> dict:
+    """A short schedule of every stage for end-to-end fits on the ~128x96 test scenes (library loss settings)."""
+    from ovs3d.foundation.features import FeatureConfig
+    from ovs3d.methods.reconstruction import ReconstructionConfig
+    from ovs3d.methods.threedovs.trainer import SemanticConfig
+
+    recon = ReconstructionConfig(
+        n_iters=150,
+        batch_size=1024,
+        init_voxels=32**3,
+        final_voxels=72**3,
+        upsample_iters=(30, 60, 90),
+        occupancy_iters=(50, 100),
+        checkpoint_every=50,
+    )
+    semantic = SemanticConfig(n_iters=200, joint_start=100, batch_size=512, patch_cells=6, checkpoint_every=100)
+    return {"recon": recon, "semantic": semantic, "features": FeatureConfig(semantic_downscale=2.0)}

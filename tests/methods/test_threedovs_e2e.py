@@ -5,26 +5,13 @@ import json
 import pytest
 
 from ovs3d.eval.baseline import run_baseline
-from ovs3d.foundation.features import FeatureConfig
-from ovs3d.methods.reconstruction import ReconstructionConfig
-from ovs3d.methods.threedovs.trainer import SemanticConfig
 from ovs3d.run import FitConfig, evaluate, fit, render
 
 
 @pytest.mark.slow
-def test_tiny_3dovs_fit_beats_2d_baseline(small_scene_dir, tmp_path):
-    recon = ReconstructionConfig(
-        n_iters=150,
-        batch_size=1024,
-        init_voxels=32**3,
-        final_voxels=72**3,
-        upsample_iters=(30, 60, 90),
-        occupancy_iters=(50, 100),
-        checkpoint_every=50,
-    )
-    # the library's loss settings (official-code RDA reading, weight 5, lambda_pos 20), a shorter schedule
-    semantic = SemanticConfig(n_iters=200, joint_start=100, batch_size=512, patch_cells=6, checkpoint_every=100)
-    features = FeatureConfig(semantic_downscale=2.0)
+def test_tiny_3dovs_fit_beats_2d_baseline(small_scene_dir, tmp_path, short_fit_settings):
+    # the library's loss settings, a shorter schedule
+    recon, semantic, features = (short_fit_settings[k] for k in ("recon", "semantic", "features"))
     cfg = FitConfig(
         scene=small_scene_dir,
         out=tmp_path / "run",

@@ -6,9 +6,6 @@ import numpy as np
 import pytest
 
 from ovs3d.eval.baseline import run_baseline
-from ovs3d.foundation.features import FeatureConfig
-from ovs3d.methods.reconstruction import ReconstructionConfig
-from ovs3d.methods.threedovs.trainer import SemanticConfig
 from ovs3d.run import FitConfig, evaluate, fit
 
 
@@ -17,7 +14,7 @@ def _label_iou(metrics: dict, label: str) -> float:
 
 
 @pytest.mark.slow
-def test_small_object_found_in_2d_is_found_in_3d(tmp_path):
+def test_small_object_found_in_2d_is_found_in_3d(tmp_path, short_fit_settings):
     from ovs3d.scenegen import make_scene
 
     # two ordinary objects and one small one (about 0.7 % of the image) on the table
@@ -36,22 +33,11 @@ def test_small_object_found_in_2d_is_found_in_3d(tmp_path):
     )
     labels = json.loads((scene / "sim" / "instances.json").read_text())["labels"]
     small = labels[str(max(map(int, labels)))]
-    features = FeatureConfig(semantic_downscale=2.0)
+    recon, semantic, features = (short_fit_settings[k] for k in ("recon", "semantic", "features"))
     base = run_baseline(scene, tmp_path / "baseline", cfg=features, normalize=True, cache_dir=tmp_path / "cache")
     iou_2d = _label_iou(base, small)
     assert iou_2d >= 0.3, f"the guard scene is broken: 2D finds {small!r} at IoU {iou_2d:.2f} only"
 
-    recon = ReconstructionConfig(
-        n_iters=150,
-        batch_size=1024,
-        init_voxels=32**3,
-        final_voxels=72**3,
-        upsample_iters=(30, 60, 90),
-        occupancy_iters=(50, 100),
-        checkpoint_every=50,
-    )
-    # the library's semantic settings with a shorter schedule
-    semantic = SemanticConfig(n_iters=200, joint_start=100, batch_size=512, patch_cells=6, checkpoint_every=100)
     run, cache = tmp_path / "run", tmp_path / "cache"
     cfg = FitConfig(scene=scene, out=run, recon=recon, semantic=semantic, features=features, cache_dir=cache)
     fit(cfg)
