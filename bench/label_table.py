@@ -13,12 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+RENAME: dict[str, str] = {}
+"""Display names of methods (``--rename "OLD->NEW"``)."""
+
 
 def _method(r: dict) -> str:
     if "ablation" in r:
-        return r["ablation"]
+        return RENAME.get(r["ablation"], r["ablation"])
     tag = "2D min-max" if r.get("normalize") else "2D raw"
-    return tag + (f" s{r['scales'][0]}" if r.get("scales") else "")
+    tag += f" s{r['scales'][0]}" if r.get("scales") else ""
+    return RENAME.get(tag, tag)
 
 
 def tables(records: list[dict], scene_set: str, protocol: str, methods: list[str] | None = None) -> str:
@@ -62,7 +66,7 @@ def summary(records: list[dict], scene_set: str, protocol: str, methods: list[st
         "| method | scenes | mean mIoU | mean accuracy | per-scene mIoU (Δ vs 2D min-max) | lost labels |",
         "|---|---|---|---|---|---|",
     ]
-    ref = rows.get("2D min-max", {})
+    ref = rows.get(RENAME.get("2D min-max", "2D min-max"), {})
     for m in [m for m in (methods or rows) if m in rows]:
         rs = rows[m]
         per = " ".join(
@@ -90,7 +94,9 @@ def main() -> None:
     ap.add_argument("--protocol", default="3dovs")
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--per-label", action="store_true")
+    ap.add_argument("--rename", nargs="*", default=[], help="OLD->NEW display names (methods are then named NEW)")
     args = ap.parse_args()
+    RENAME.update(dict(x.split("->", 1) for x in args.rename))
     records = [json.loads(x) for x in args.results.read_text().splitlines() if x.strip()]
     print(summary(records, args.scene_set, args.protocol, args.methods))
     if args.per_label:
