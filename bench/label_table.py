@@ -94,10 +94,13 @@ def main() -> None:
     ap.add_argument("--protocol", default="3dovs")
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--per-label", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="only these seeds")
     ap.add_argument("--rename", nargs="*", default=[], help="OLD->NEW display names (methods are then named NEW)")
     args = ap.parse_args()
     RENAME.update(dict(x.split("->", 1) for x in args.rename))
     records = [json.loads(x) for x in args.results.read_text().splitlines() if x.strip()]
+    if args.seeds:
+        records = [r for r in records if r["seed"] in args.seeds]
     print(summary(records, args.scene_set, args.protocol, args.methods))
     if args.per_label:
         print(tables(records, args.scene_set, args.protocol, args.methods))
