@@ -135,7 +135,6 @@ def fit(cfg: FitConfig) -> Path:
         stored = read_run_config(run)["fit"]
         if isinstance(stored.get("semantic"), dict):  # settings added since the run was made mean what they did
             stored = {**stored, "semantic": asdict(semantic_config_from_dict(stored["semantic"]))}
-            stored = json.loads(json.dumps(stored, default=str))
         # A reconstruction-only run never reads the semantic-stage settings: changed defaults there do not
         # stop it from resuming.
         unused = (
