@@ -8,6 +8,8 @@ import pytest
 from ovs3d.eval.metrics import (
     aggregate,
     masks_to_labels,
+    ovnerf_aggregate,
+    ovnerf_view_metrics,
     psnr,
     query_recall,
     relevancy_distance,
@@ -175,3 +177,108 @@ def test_query_recall():
     m = np.zeros((3, 3), dtype=bool)
     m[1, 1] = True
     assert query_recall(small, m) and not query_recall(small, ~m)
+
+
+# ---------------------------------------------------------------------------------------------------
+# OV-NeRF protocol
+
+
+def test_ovnerf_view_metrics_hand_computed():
+    # _view1: void pixels (1, 0) (two labels) and (2, 0) (none) are ignored, both predicted apple.
+    # labelled: apple GT {(0,0), (0,1), (0,2)} predicted {(0,0), (0,1)}; bowl GT 4 pixels, predicted on
+    # those 4 and on (0, 2); cup absent from GT and from the prediction on labelled pixels.
+    gt, pred = _view1()
+    m = ovnerf_view_metrics(gt, pred, CLASSES)
+    assert m["iou"]["apple"] == pytest.approx(2 / 3)
+    assert m["iou"]["bowl"] == pytest.approx(4 / 5)
+    assert m["iou"]["cup"] is None  # absent: skipped, not 0
+    assert m["miou"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert m["accuracy"] == pytest.approx(6 / 7)
+    assert m["n_labelled"] == 7 and m["n_pixels"] == 9
+    assert m["tp"] == {"apple": 2, "bowl": 4, "cup": 0}
+    assert m["gt_pixels"] == {"apple": 3, "bowl": 4, "cup": 0}
+    assert m["pred_pixels"] == {"apple": 2, "bowl": 5, "cup": 0}
+
+
+def test_ovnerf_label_predicted_but_absent_from_gt_scores_zero_and_counts():
+    gt, pred = _view1()
+    pred = pred.copy()
+    pred[0, 2] = 2  # cup predicted on a labelled (apple) pixel
+    m = ovnerf_view_metrics(gt, pred, CLASSES)
+    assert m["iou"] == pytest.approx({"apple": 2 / 3, "bowl": 1.0, "cup": 0.0})
+    assert m["miou"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    # predicted only on void pixels: still absent
+    pred = _view1()[1].copy()
+    pred[2, 0] = 2
+    pred[1, 0] = 2
+    m = ovnerf_view_metrics(gt, pred, CLASSES)
+    assert m["iou"]["cup"] is None and m["miou"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+
+
+def test_ovnerf_void_pixels_are_ignored():
+    gt, pred = _view1()
+    base = ovnerf_view_metrics(gt, pred, CLASSES)
+    for p in range(3):  # whatever is predicted on the two void pixels
+        other = pred.copy()
+        other[1, 0] = other[2, 0] = p
+        assert ovnerf_view_metrics(gt, other, CLASSES) == base
+
+
+def test_ovnerf_all_void_view_scores_nothing():
+    pred = np.zeros((2, 2), dtype=np.int64)
+    for gt in (np.zeros((3, 2, 2), dtype=bool), np.ones((3, 2, 2), dtype=bool)):  # no label / all multi
+        m = ovnerf_view_metrics(gt, pred, CLASSES)
+        assert m["miou"] is None and m["accuracy"] is None and m["n_labelled"] == 0
+        assert all(v is None for v in m["iou"].values())
+
+
+def test_ovnerf_aggregate_hand_computed():
+    v1 = ovnerf_view_metrics(*_view1(), CLASSES)
+    v2 = ovnerf_view_metrics(*_view2(), CLASSES)  # all apple, all predicted apple
+    void = ovnerf_view_metrics(np.zeros((3, 3, 3), dtype=bool), np.zeros((3, 3), dtype=np.int64), CLASSES)
+    agg = ovnerf_aggregate({7: v2, 3: v1, 9: void}, CLASSES)
+    assert set(agg) >= {"miou", "accuracy", "macc", "per_view", "classes"}  # aggregate's structure
+    assert list(agg["per_view"]) == ["03", "07", "09"]
+    assert set(agg["per_view"]["03"]) == {"miou", "accuracy", "iou"}
+    assert agg["per_view"]["07"]["iou"] == {"apple": 1.0, "bowl": None, "cup": None}
+    assert agg["per_view"]["09"]["miou"] is None and agg["per_view"]["09"]["accuracy"] is None
+    # scene scores: means over the two scored views; the all-void view is left out
+    assert agg["miou"] == pytest.approx(((2 / 3 + 4 / 5) / 2 + 1) / 2)
+    assert agg["accuracy"] == pytest.approx((6 / 7 + 1) / 2)
+    assert agg["pixel_accuracy"] == agg["accuracy"]
+    # pooled recall over labelled pixels: apple (2 + 9) / (3 + 9), bowl 4 / 4, cup no GT -> left out
+    assert agg["macc"] == pytest.approx((11 / 12 + 1) / 2)
+    assert agg["class_recall"] == pytest.approx({"apple": 11 / 12, "bowl": 1.0, "cup": None})
+    assert agg["class_iou"] == pytest.approx({"apple": (2 / 3 + 1) / 2, "bowl": 4 / 5, "cup": None})
+    assert agg["n_views"] == 3 and agg["n_scored_views"] == 2
+    empty = ovnerf_aggregate({}, CLASSES)
+    assert empty["miou"] == 0.0 and empty["accuracy"] == 0.0 and empty["macc"] == 0.0 and empty["per_view"] == {}
+    with pytest.raises(ValueError):
+        ovnerf_aggregate({1: {**v1, "iou": {"apple": 1.0}}}, CLASSES)
+
+
+def test_ovnerf_matches_a_confusion_matrix_loop_on_random_inputs():
+    """Against a pixel loop building OV-NeRF's confusion matrix and its nanmean IoU."""
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        c = int(rng.integers(2, 6))
+        h, w = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+        gt = rng.random((c, h, w)) < rng.uniform(0.05, 0.5)
+        pred = rng.integers(0, max(1, c - trial % 3), size=(h, w))  # some labels never predicted
+        classes = [f"l{i}" for i in range(c)]
+        conf = np.zeros((c, c))
+        for y in range(h):
+            for x in range(w):
+                labels = np.flatnonzero(gt[:, y, x])
+                if len(labels) == 1:
+                    conf[labels[0], pred[y, x]] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.diag(conf) / (conf.sum(0) + conf.sum(1) - np.diag(conf))
+        m = ovnerf_view_metrics(gt, pred, classes)
+        got = np.array([np.nan if m["iou"][k] is None else m["iou"][k] for k in classes])
+        np.testing.assert_allclose(got, iou)
+        if conf.sum():
+            assert m["miou"] == pytest.approx(np.nanmean(iou))
+            assert m["accuracy"] == pytest.approx(np.trace(conf) / conf.sum())
+        else:
+            assert m["miou"] is None and m["accuracy"] is None

@@ -8,6 +8,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from ovs3d.eval.metrics import aggregate, ovnerf_aggregate, ovnerf_view_metrics, segmentation_view_metrics
 from ovs3d.eval.report import write_rgb_eval, write_segmentation_eval
 
 CLASSES = ["apple", "bowl", "cup"]
@@ -58,6 +59,40 @@ def test_write_segmentation_eval_errors(tmp_path):
     # no RGB: overlays on grey still work
     m = write_segmentation_eval(tmp_path / "e", CLASSES, preds, gts, None, "novel-view", None)
     assert m["protocol"] == "novel-view"
+
+
+def test_write_segmentation_eval_metric_choice(tmp_path):
+    preds, gts, rgbs = _data()
+    gts[11][:, 0, 0] = True  # a multi-labelled pixel: void under the OV-NeRF protocol
+    gts[11][2] = False  # cup absent from this view's GT
+    # default and metric="3dovs": the 3D-OVS scores
+    default = write_segmentation_eval(tmp_path / "d", CLASSES, preds, gts, rgbs, "3dovs")
+    ref = aggregate({v: segmentation_view_metrics(gts[v], preds[v], CLASSES) for v in preds}, CLASSES)
+    assert default == {"protocol": "3dovs", **ref}
+    explicit = write_segmentation_eval(tmp_path / "t", CLASSES, preds, gts, rgbs, "3dovs", metric="3dovs")
+    assert explicit == {**default, "split": "3dovs"}
+    # metric="ovnerf": the OV-NeRF scores, "protocol" names the metric
+    ov = write_segmentation_eval(tmp_path / "o", CLASSES, preds, gts, rgbs, "3dovs", {"psnr": 20.0}, metric="ovnerf")
+    ref = ovnerf_aggregate({v: ovnerf_view_metrics(gts[v], preds[v], CLASSES) for v in preds}, CLASSES)
+    assert ov == {"protocol": "ovnerf", "split": "3dovs", **ref, "psnr": 20.0}
+    assert ov["miou"] != default["miou"]
+    on_disk = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(ov)) and on_disk["protocol"] == "ovnerf"
+    assert "pixel_accuracy" in on_disk and (tmp_path / "o" / "overlays" / "11.png").is_file()
+    # the caller's view protocol is kept as "split" (here: the annotated views were held out)
+    held = write_segmentation_eval(tmp_path / "h", CLASSES, preds, gts, None, "novel-view", metric="ovnerf")
+    assert held["protocol"] == "ovnerf" and held["split"] == "novel-view"
+    with pytest.raises(ValueError):
+        write_segmentation_eval(tmp_path / "x", CLASSES, preds, gts, rgbs, "3dovs", metric="lerf")
+
+
+def test_write_segmentation_eval_ovnerf_all_void_view(tmp_path):
+    preds, gts, rgbs = _data()
+    gts[2][:] = False  # view 2 has no labelled pixel
+    m = write_segmentation_eval(tmp_path, CLASSES, preds, gts, rgbs, "3dovs", metric="ovnerf")
+    assert m["per_view"]["02"]["miou"] is None and m["n_scored_views"] == 1
+    assert m["miou"] == pytest.approx(m["per_view"]["11"]["miou"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["per_view"]["02"]["miou"] is None
 
 
 def test_write_rgb_eval(tmp_path):

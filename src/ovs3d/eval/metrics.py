@@ -10,11 +10,16 @@ Segmentation follows the 3D-OVS evaluation code exactly, quirks included:
   wrong;
 - mIoU = mean over all (view, label) pairs; accuracy = mean over views.
 
-mAcc (OV-NeRF) is the mean over labels of per-label recall |GT_c ∩ Pred_c| / |GT_c|, accumulated over all
-views. Unlabelled GT pixels belong to no GT_c and are ignored. **A pixel with several GT labels counts in
-|GT_c| of each of its labels** (and is a true positive only for the label it is predicted as), i.e.
-recall is the plain per-mask recall, consistent with the per-label IoU above. Labels with no GT pixel in
-any view are left out of the mean (OV-NeRF's ``nanmean``).
+mAcc (SPEC §5; not the column OV-NeRF's tables call mAcc, which is pixel accuracy) is the mean over labels
+of per-label recall |GT_c ∩ Pred_c| / |GT_c|, accumulated over all views. Unlabelled GT pixels belong to
+no GT_c and are ignored. **A pixel with several GT labels counts in |GT_c| of each of its labels** (and is
+a true positive only for the label it is predicted as), i.e. recall is the plain per-mask recall,
+consistent with the per-label IoU above. Labels with no GT pixel in any view are left out of the mean
+(OV-NeRF's ``nanmean``).
+
+The OV-NeRF protocol (:func:`ovnerf_view_metrics`, :func:`ovnerf_aggregate`) follows OV-NeRF's released
+evaluation instead: void GT pixels are ignored, labels absent from a view are skipped rather than scored 0,
+and scene scores are means over views.
 
 The LERF panoptic-prior metrics (D_relevancy, query recall) and PSNR are here too.
 """
@@ -30,6 +35,8 @@ __all__ = [
     "masks_to_labels",
     "segmentation_view_metrics",
     "aggregate",
+    "ovnerf_view_metrics",
+    "ovnerf_aggregate",
     "view_key",
     "psnr",
     "relevancy_distance",
@@ -160,6 +167,127 @@ def aggregate(views: dict[int, dict], classes: Sequence[str]) -> dict:
         "class_iou": {c: float(np.mean([views[v]["iou"][c] for v in order])) if order else 0.0 for c in classes},
         "class_recall": recall,
         "n_views": len(order),
+    }
+
+
+def ovnerf_view_metrics(gt: np.ndarray, pred_labels: np.ndarray, classes: Sequence[str]) -> dict:
+    """Segmentation metrics of one annotated view under the OV-NeRF protocol (SPEC §5).
+
+    Follows OV-NeRF's released evaluator (reference digest §A.8): a confusion matrix over the view's
+    labelled pixels, per-label IoU only for the labels it sees, ``nanmean`` over them.
+
+    - **Void.** A GT pixel with no label, or with several labels (no single class to compare with), is
+      void and ignored entirely, prediction included: a label predicted only on void pixels is absent.
+    - **Present labels** are those with a labelled GT pixel or a prediction on a labelled pixel. Their IoU
+      is ``TP / (GT + Pred − TP)`` over the labelled pixels; a label predicted but absent from the GT
+      gets 0 and counts. **Absent labels get ``None``** (not 0) and stay out of the mean.
+    - ``miou`` = mean IoU over the present labels; ``accuracy`` = pixel accuracy over the labelled pixels
+      (``TP_total / n_labelled``, the number OV-NeRF's tables call "mAcc").
+    - A view whose pixels are all void scores nothing: ``miou`` and ``accuracy`` are ``None`` and
+      :func:`ovnerf_aggregate` leaves it out of the scene means.
+
+    Args:
+        gt: ``[C, H, W]`` bool ground-truth masks, one per entry of ``classes``.
+        pred_labels: ``[H, W]`` int predicted class index per pixel, each in ``[0, C)``.
+        classes: the ``C`` label names (class index = position).
+
+    Returns:
+        ``{"iou": {label: float | None}, "miou": float | None, "accuracy": float | None, "tp": {label: int},
+        "gt_pixels": {label: int}, "pred_pixels": {label: int}, "n_labelled": int, "n_pixels": int}``;
+        ``tp``, ``gt_pixels`` and ``pred_pixels`` count labelled pixels only (the per-label recall counts
+        :func:`ovnerf_aggregate` pools into mAcc).
+    """
+    gt, pred = _check_inputs(gt, pred_labels, classes)
+    n_cls = len(classes)
+    labelled = gt.sum(axis=0) == 1  # [H, W] exactly one GT label
+    gt_label = np.argmax(gt, axis=0)[labelled]  # [L] class of each labelled pixel
+    pred_l = pred[labelled]  # [L]
+    # confusion[i, j] = labelled pixels of GT class i predicted as j
+    conf = np.bincount(gt_label * n_cls + pred_l, minlength=n_cls * n_cls).reshape(n_cls, n_cls)  # [C, C]
+    tp = np.diag(conf)  # [C]
+    gt_pix = conf.sum(axis=1)  # [C]
+    pred_pix = conf.sum(axis=0)  # [C]
+    union = gt_pix + pred_pix - tp  # [C]
+    iou = {c: (float(tp[i] / union[i]) if union[i] > 0 else None) for i, c in enumerate(classes)}
+    present = [v for v in iou.values() if v is not None]
+    n_lab = int(labelled.sum())
+    return {
+        "iou": iou,
+        "miou": float(np.mean(present)) if present else None,
+        "accuracy": float(tp.sum() / n_lab) if n_lab else None,
+        "tp": {c: int(v) for c, v in zip(classes, tp)},
+        "gt_pixels": {c: int(v) for c, v in zip(classes, gt_pix)},
+        "pred_pixels": {c: int(v) for c, v in zip(classes, pred_pix)},
+        "n_labelled": n_lab,
+        "n_pixels": int(pred.size),
+    }
+
+
+def ovnerf_aggregate(views: dict[int, dict], classes: Sequence[str]) -> dict:
+    """Scene-level OV-NeRF-protocol metrics from per-view results of :func:`ovnerf_view_metrics`.
+
+    The output has :func:`aggregate`'s structure, so :mod:`ovs3d.eval.report` writes either:
+
+    - ``miou``: mean over views of the view mIoU (OV-NeRF averages per image, it does not pool a
+      confusion matrix);
+    - ``accuracy``: mean over views of the per-view pixel accuracy on labelled pixels — per image, like
+      the released code and like mIoU, not pooled over the scene's pixels;
+    - ``pixel_accuracy``: the same number under its own name; it is what OV-NeRF's tables call "mAcc";
+    - ``macc``: SPEC's mAcc, the mean over labels of per-label recall ``TP_c / GT_c`` with counts pooled
+      over views (labelled pixels only; labels without GT pixels left out, 0.0 when no label has any);
+    - ``per_view``: ``{"NN": {"miou", "accuracy", "iou": {label: float | None}}}``, ``None`` for absent
+      labels and for the scores of an all-void view;
+    - ``class_iou``: each label's mean IoU over the views where it is present (``None`` if none);
+      ``class_recall``: pooled per-label recall (``None`` without GT pixels);
+    - ``n_views``: views given; ``n_scored_views``: those with at least one labelled pixel (the others
+      are left out of ``miou`` and ``accuracy``). With no scored view every score is 0.0.
+
+    Args:
+        views: view index -> that view's :func:`ovnerf_view_metrics` result.
+        classes: the scene's label names (same order as for the per-view metrics).
+
+    Returns:
+        ``{"miou", "accuracy", "pixel_accuracy", "macc", "per_view", "classes", "class_iou",
+        "class_recall", "n_views", "n_scored_views"}``.
+    """
+    classes = list(classes)
+    order = sorted(views)
+    per_view = {}
+    tp = dict.fromkeys(classes, 0)
+    gtp = dict.fromkeys(classes, 0)
+    class_ious: dict[str, list[float]] = {c: [] for c in classes}
+    for v in order:
+        m = views[v]
+        missing = [c for c in classes if c not in m["iou"]]
+        if missing:
+            raise ValueError(f"view {v} has no metrics for labels {missing}")
+        iou = {c: (None if m["iou"][c] is None else float(m["iou"][c])) for c in classes}
+        per_view[view_key(v)] = {
+            "miou": None if m["miou"] is None else float(m["miou"]),
+            "accuracy": None if m["accuracy"] is None else float(m["accuracy"]),
+            "iou": iou,
+        }
+        for c in classes:
+            if iou[c] is not None:
+                class_ious[c].append(iou[c])
+            tp[c] += int(m["tp"][c])
+            gtp[c] += int(m["gt_pixels"][c])
+    scored = [v for v in order if views[v]["miou"] is not None]
+    miou = float(np.mean([views[v]["miou"] for v in scored])) if scored else 0.0
+    acc = float(np.mean([views[v]["accuracy"] for v in scored])) if scored else 0.0
+    recall = {c: (tp[c] / gtp[c] if gtp[c] > 0 else None) for c in classes}
+    valid = [r for r in recall.values() if r is not None]
+    return {
+        "miou": miou,
+        "accuracy": acc,
+        "pixel_accuracy": acc,
+        "macc": float(np.mean(valid)) if valid else 0.0,
+        "per_view": per_view,
+        "classes": classes,
+        "class_iou": {c: (float(np.mean(class_ious[c])) if class_ious[c] else None) for c in classes},
+        "class_recall": recall,
+        "n_views": len(order),
+        "n_scored_views": len(scored),
     }
 
 

@@ -23,13 +23,31 @@ from pathlib import Path
 
 import numpy as np
 
-from ovs3d.eval.metrics import aggregate, masks_to_labels, psnr, segmentation_view_metrics, view_key
+from ovs3d.eval.metrics import (
+    aggregate,
+    masks_to_labels,
+    ovnerf_aggregate,
+    ovnerf_view_metrics,
+    psnr,
+    segmentation_view_metrics,
+    view_key,
+)
 from ovs3d.eval.visualize import compose_eval_figure, label_palette, legend_image, text_band, upscale_nearest
 from ovs3d.utils.files import atomic_write_image, atomic_write_json
 
-__all__ = ["write_segmentation_eval", "write_rgb_eval"]
+__all__ = ["SEGMENTATION_METRICS", "write_segmentation_eval", "write_rgb_eval"]
 
 logger = logging.getLogger(__name__)
+
+SEGMENTATION_METRICS = {
+    "3dovs": (segmentation_view_metrics, aggregate),
+    "ovnerf": (ovnerf_view_metrics, ovnerf_aggregate),
+}
+"""Scoring protocols of SPEC §5: name -> (per-view metrics, scene aggregation) from :mod:`ovs3d.eval.metrics`."""
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _merge(metrics: dict, extra: dict | None) -> dict:
@@ -48,6 +66,8 @@ def write_segmentation_eval(
     per_view_rgb: dict[int, np.ndarray] | None,
     protocol: str,
     extra: dict | None = None,
+    *,
+    metric: str | None = None,
 ) -> dict:
     """Score the predictions of every annotated view and write the SPEC §4 evaluation folder.
 
@@ -59,14 +79,30 @@ def write_segmentation_eval(
             of ``per_view_preds``.
         per_view_rgb: view index -> ``[H, W, 3]`` float image in [0, 1] drawn under the overlays (the
             rendered or the real image); a missing view (or ``None``) is drawn grey.
-        protocol: ``"3dovs"`` or ``"novel-view"`` (recorded as is).
+        protocol: ``"3dovs"`` or ``"novel-view"``; recorded as ``"protocol"`` when ``metric`` is ``None``.
         extra: more top-level entries for ``metrics.json`` (``psnr``, ``resolution``, ``method``...); they
             may not reuse a computed key.
+        metric: the scoring protocol of SPEC §5, a key of :data:`SEGMENTATION_METRICS`: ``"3dovs"``
+            (:func:`~ovs3d.eval.metrics.segmentation_view_metrics` + :func:`~ovs3d.eval.metrics.aggregate`)
+            or ``"ovnerf"`` (:func:`~ovs3d.eval.metrics.ovnerf_view_metrics` +
+            :func:`~ovs3d.eval.metrics.ovnerf_aggregate`). Given, ``"protocol"`` records it and the
+            ``protocol`` argument is kept as ``"split"`` (``"3dovs"``: the annotated views trained,
+            ``"novel-view"``: they were held out). ``None``
+            (default) is exactly the behaviour from before this parameter: 3D-OVS scoring, ``protocol``
+            recorded as given.
 
     Returns:
         The dict written to ``metrics.json``: ``{"protocol", "miou", "accuracy", "macc", "per_view",
-        "classes", "class_iou", "class_recall", "n_views", **extra}``.
+        "classes", "class_iou", "class_recall", "n_views", **extra}`` (plus ``"split"`` when ``metric`` is
+        given); the OV-NeRF protocol adds ``"pixel_accuracy"`` and ``"n_scored_views"`` and may hold
+        ``None`` for absent labels and unscorable views (see :func:`~ovs3d.eval.metrics.ovnerf_aggregate`).
     """
+    if metric is not None and metric not in SEGMENTATION_METRICS:
+        raise ValueError(f"unknown segmentation metric {metric!r}; expected one of {sorted(SEGMENTATION_METRICS)}")
+    view_metrics, aggregate_views = SEGMENTATION_METRICS[metric or "3dovs"]
+    header = {"protocol": protocol} if metric is None else {"protocol": metric}
+    if metric is not None:
+        header["split"] = protocol  # which views trained: the scoring protocol no longer says it
     out_dir = Path(out_dir)
     classes = list(scene_classes)
     missing = sorted(set(per_view_preds) - set(per_view_gt))
@@ -77,17 +113,17 @@ def write_segmentation_eval(
     for v in sorted(per_view_preds):
         pred = np.asarray(per_view_preds[v])
         gt = np.asarray(per_view_gt[v], dtype=bool)
-        m = segmentation_view_metrics(gt, pred, classes)
+        m = view_metrics(gt, pred, classes)
         views[v] = m
         key = view_key(v)
         for c, name in enumerate(classes):
             atomic_write_image(out_dir / "pred" / key / f"{name}.png", np.where(pred == c, 255, 0).astype(np.uint8))
         rgb = None if per_view_rgb is None else per_view_rgb.get(v)
-        title = f"view {key}   mIoU {m['miou']:.3f}   accuracy {m['accuracy']:.3f}   ({protocol})"
+        title = f"view {key}   mIoU {_fmt(m['miou'])}   accuracy {_fmt(m['accuracy'])}   ({header['protocol']})"
         fig = compose_eval_figure(rgb, masks_to_labels(gt), pred, classes, palette, title=title)
         atomic_write_image(out_dir / "overlays" / f"{key}.png", fig)
     atomic_write_image(out_dir / "legend.png", legend_image(classes, palette))
-    metrics = _merge({"protocol": protocol, **aggregate(views, classes)}, extra)
+    metrics = _merge({**header, **aggregate_views(views, classes)}, extra)
     atomic_write_json(out_dir / "metrics.json", metrics)
     logger.info(
         "eval: mIoU %.4f, accuracy %.4f, mAcc %.4f over %d views -> %s",

@@ -76,3 +76,100 @@ def orbit_path(c2w: np.ndarray, center: np.ndarray, n_frames: int = 60) -> np.nd
         pos = center + height * up + radius * (np.cos(theta) * a + np.sin(theta) * b)
         out.append(_look_at(pos, center, up))
     return np.stack(out)
+
+
+def free_space_center(c2w: np.ndarray) -> np.ndarray:
+    """The mean of the training camera centres: a point in free space to spin novel cameras around.
+
+    The cameras were somewhere with a view, so their mean is usually inside the room and off the
+    surfaces (OV-NeRF spins around the world origin or a hand-set ``loaded_center``, which can land
+    inside a wall; reference digest §A.5).
+
+    Args:
+        c2w: ``[N, 3, 4]`` OpenCV camera-to-world, ``N >= 1``.
+
+    Returns:
+        ``[3]`` float64 world point.
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if c2w.ndim != 3 or c2w.shape[1:] != (3, 4) or len(c2w) == 0:
+        raise ValueError(f"c2w must be [N, 3, 4] with N >= 1, got {c2w.shape}")
+    return c2w[:, :, 3].mean(axis=0)
+
+
+def up_from_cameras(c2w: np.ndarray) -> np.ndarray:
+    """World "up" as the cameras hold it: the mean of their image-up axes (``-y``), normalised.
+
+    Args:
+        c2w: ``[N, 3, 4]`` OpenCV camera-to-world (camera +y points down in the image).
+
+    Returns:
+        ``[3]`` float64 unit vector.
+
+    Raises:
+        ValueError: bad shape, or the cameras' up axes cancel out.
+    """
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if c2w.ndim != 3 or c2w.shape[1:] != (3, 4) or len(c2w) == 0:
+        raise ValueError(f"c2w must be [N, 3, 4] with N >= 1, got {c2w.shape}")
+    up = -c2w[:, :, 1].mean(axis=0)  # [3]
+    norm = float(np.linalg.norm(up))
+    if norm < 1e-8:
+        raise ValueError("the cameras' up axes cancel out; pass an explicit up vector")
+    return up / norm
+
+
+def panorama_poses(center: np.ndarray, n: int, radius: float, pitch_deg: float, up: np.ndarray) -> np.ndarray:
+    """Outward-looking cameras on a small horizontal circle: a 360° panorama from about one point.
+
+    This is OV-NeRF's "spin" path for Cross-view Self-enhancement novel views (reference digest §A.5)
+    with its implicit constants made explicit. OV-NeRF's release uses ``n = 120`` (the paper: 60),
+    ``radius = 0.005`` in its normalised units (camera centres within ±1), a downward pitch of
+    ``atan(0.001 / 0.005) ≈ 11.31°``, and spins around the origin; :func:`free_space_center` and
+    :func:`up_from_cameras` give a centre and an up axis from the training cameras instead.
+
+    Camera ``k`` (``k = 0..n-1``) has yaw ``θ_k = 2πk / n`` around ``up``:
+
+    - ``d_k = cos θ_k · a + sin θ_k · b`` with ``(a, b, up)`` a right-handed orthonormal frame (``a`` is the
+      world axis least aligned with ``up``, made orthogonal to it);
+    - position ``center + radius · d_k``: all cameras on the circle of ``radius`` around ``center`` in
+      the plane orthogonal to ``up``;
+    - optical axis (+z) ``cos(pitch) · d_k − sin(pitch) · up``: outward, from the centre through the
+      camera, tilted towards ``-up`` by ``pitch_deg`` (negative values tilt towards ``+up``);
+    - image +x = normalize(axis × up) (right), image +y = axis × x, which is ≈ ``-up`` (down).
+
+    Args:
+        center: ``[3]`` world point the circle is centred on.
+        n: number of cameras (``>= 1``).
+        radius: circle radius in world units (``>= 0``; 0 puts every camera at ``center``).
+        pitch_deg: downward tilt of the optical axis in degrees, in ``(-90, 90)``.
+        up: ``[3]`` world up direction (any length but 0).
+
+    Returns:
+        ``[n, 3, 4]`` float64 OpenCV camera-to-world ``[right, down, forward | position]``.
+    """
+    center = np.asarray(center, dtype=np.float64).reshape(3)
+    up = np.asarray(up, dtype=np.float64).reshape(3)
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    if not -90.0 < pitch_deg < 90.0:
+        raise ValueError(f"pitch_deg must lie in (-90, 90) (the axis would be parallel to up), got {pitch_deg}")
+    norm = float(np.linalg.norm(up))
+    if norm < 1e-12:
+        raise ValueError("up must be a non-zero vector")
+    up = up / norm
+    # a: the world axis least aligned with up, made orthogonal to it; b completes (a, b, up) right-handed
+    a = np.eye(3)[int(np.argmin(np.abs(up)))]
+    a = a - (a @ up) * up
+    a = a / np.linalg.norm(a)
+    b = np.cross(up, a)
+    pitch = np.deg2rad(pitch_deg)
+    out = []
+    for theta in 2.0 * np.pi * np.arange(int(n)) / int(n):
+        d = np.cos(theta) * a + np.sin(theta) * b  # [3] horizontal outward direction
+        position = center + radius * d
+        axis = np.cos(pitch) * d - np.sin(pitch) * up  # [3] unit: d ⟂ up
+        out.append(_look_at(position, position + axis, up))
+    return np.stack(out)
