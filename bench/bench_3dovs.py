@@ -19,6 +19,8 @@ Usage::
     python bench/bench_3dovs.py --set hard-test --protocols 3dovs holdout --ablations full
     python bench/bench_3dovs.py --seeds 0 1 --protocols 3dovs --ablations full no_rda no_fda no_rebalance \\
         single_scale half_views tenth_views
+    python bench/bench_3dovs.py --set room --protocols holdout --ablations full ovnerf ovnerf+no_rsr \\
+        ovnerf+no_cse ovnerf+cse_no_novel ovnerf+rsr_superpixel ovnerf+no_fda
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from ovs3d.eval.baseline import run_baseline
-from ovs3d.methods.threedovs.pipeline import ABLATIONS, with_ablation
+from ovs3d.methods.threedovs.ablations import ABLATIONS, with_ablation
 from ovs3d.run import FitConfig, evaluate, fit
 from ovs3d.scenegen import make_scene
 from ovs3d.utils.console import set_quiet
@@ -73,11 +75,11 @@ SCENE_SETS: dict[str, dict[int, dict]] = {
 
 
 def scene_dir_for(out: Path, scene_set: str, seed: int) -> Path:
-    """Generate (once) and return the scene of ``seed`` in ``scene_set``."""
-    opts = {} if scene_set == "tabletop" else SCENE_SETS[scene_set][seed]
+    """Generate (once) and return the scene of ``seed`` in ``scene_set`` (``room``: the room preset)."""
+    opts = {} if scene_set in ("tabletop", "room") else SCENE_SETS[scene_set][seed]
     scene_dir = out / f"{scene_set}-{seed}"
     if not (scene_dir / "poses_bounds.npy").exists():
-        make_scene("tabletop", seed, scene_dir, **opts)
+        make_scene("room" if scene_set == "room" else "tabletop", seed, scene_dir, **opts)
     return scene_dir
 
 
@@ -91,9 +93,19 @@ def label_shares(scene_dir: Path) -> dict[str, float]:
 
 
 def per_label_iou(metrics: dict) -> dict[str, float]:
-    """Per-label IoU averaged over the annotated views."""
+    """Per-label IoU averaged over the annotated views where it is scored (OV-NeRF protocol: None = absent)."""
     views = list(metrics["per_view"].values())
-    return {c: round(float(np.mean([v["iou"][c] for v in views])), 4) for c in metrics["classes"]}
+    out = {}
+    for c in metrics["classes"]:
+        scores = [v["iou"][c] for v in views if v["iou"].get(c) is not None]
+        out[c] = round(float(np.mean(scores)), 4) if scores else None
+    return out
+
+
+def ovnerf_scores(metrics: dict) -> dict:
+    """The OV-NeRF protocol's scores (SPEC §5), keyed with an ``_ovnerf`` suffix."""
+    keys = ("miou", "accuracy", "macc")
+    return {f"{k}_ovnerf": metrics[k] for k in keys} | {"iou_ovnerf": per_label_iou(metrics)}
 
 
 def _done(results: Path) -> dict[str, dict]:
@@ -120,7 +132,7 @@ def _semantic_stats(run: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", dest="scene_set", default="tabletop", choices=["tabletop", *SCENE_SETS])
+    ap.add_argument("--set", dest="scene_set", default="tabletop", choices=["tabletop", "room", *SCENE_SETS])
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0-4 (tabletop) or the set's")
     ap.add_argument("--protocols", nargs="+", default=["3dovs", "holdout"], choices=["3dovs", "holdout"])
     ap.add_argument(
@@ -137,7 +149,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     done = _done(results)
-    seeds = args.seeds or ([0, 1, 2, 3, 4] if args.scene_set == "tabletop" else sorted(SCENE_SETS[args.scene_set]))
+    default_seeds = {"tabletop": [0, 1, 2, 3, 4], "room": [0, 1, 2]}
+    seeds = args.seeds or default_seeds.get(args.scene_set) or sorted(SCENE_SETS[args.scene_set])
     # tabletop records keep their earlier names ("seed0/...")
     prefix = "" if args.scene_set == "tabletop" else f"{args.scene_set}/"
     for seed in seeds:
@@ -148,6 +161,7 @@ def main() -> None:
             name = f"{prefix}seed{seed}/baseline{tag}"
             if name not in done:
                 m = run_baseline(scene_dir, args.out / name, normalize=normalize, scales=scales)
+                mo = run_baseline(scene_dir, args.out / name, normalize=normalize, scales=scales, protocol="ovnerf")
                 _log(
                     results,
                     {
@@ -163,6 +177,7 @@ def main() -> None:
                         "macc": m["macc"],
                         "iou": per_label_iou(m),
                         "share": shares,
+                        **ovnerf_scores(mo),
                     },
                 )
         for protocol in args.protocols:
@@ -173,7 +188,10 @@ def main() -> None:
                 if name in done:
                     continue
                 run = args.out / f"{prefix}seed{seed}" / protocol / abl
-                cfg = with_ablation(FitConfig(scene=scene_dir, out=run, holdout=holdout), abl)
+                # "ovnerf", "ovnerf+no_rsr": OV-NeRF and its ablations; anything else is a 3D-OVS variant
+                method, _, rest = abl.partition("+") if abl.startswith("ovnerf") else ("3dovs", "", abl)
+                base = FitConfig(scene=scene_dir, out=run, holdout=holdout, method=method)
+                cfg = with_ablation(base, rest or "full")
                 # one reconstruction per seed and protocol, shared by the full method and its ablations
                 # fit resumes an interrupted reconstruction and returns at once for a finished one
                 fresh = not (recon_run / "checkpoints" / "reconstruction.pt").exists()
@@ -184,19 +202,22 @@ def main() -> None:
                 t0 = time.perf_counter()
                 fit(cfg)
                 fit_s = time.perf_counter() - t0
-                m = evaluate(run)
+                mo = evaluate(run, protocol="ovnerf")
+                m = evaluate(run)  # last: eval/metrics.json keeps the 3D-OVS protocol
                 rec = {
                     "name": name,
                     "set": args.scene_set,
                     "seed": seed,
                     "protocol": protocol,
                     "ablation": abl,
+                    "method": method,
                     "miou": m["miou"],
                     "accuracy": m["accuracy"],
                     "macc": m["macc"],
                     "psnr": m.get("psnr"),
                     "iou": per_label_iou(m),
                     "share": shares,
+                    **ovnerf_scores(mo),
                     "recon_seconds": round(recon_s, 1) or None,
                     "semantic_fit_seconds": round(fit_s, 1),
                     **_semantic_stats(run),

@@ -24,9 +24,9 @@ import torch
 
 from ovs3d.eval.metrics import psnr
 from ovs3d.io.loader import load_scene
-from ovs3d.methods.radiance import march, render_rgb
 from ovs3d.methods.reconstruction import ReconstructionConfig, train_reconstruction
-from ovs3d.methods.scene_rays import ray_near, view_rays
+from ovs3d.render.marching import march, render_rgb
+from ovs3d.render.scene_rays import ray_near, view_rays
 from ovs3d.scenegen import make_scene
 from ovs3d.utils.console import set_quiet
 

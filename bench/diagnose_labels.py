@@ -27,14 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ovs3d import losses as L
 from ovs3d.eval.metrics import masks_to_labels
 from ovs3d.foundation.features import clip_features
 from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field
-from ovs3d.methods.threedovs import losses as L
-from ovs3d.methods.threedovs.data import normalized_clip_targets
-from ovs3d.methods.threedovs.pipeline import build_backends, predict_labels, render_semantic_view
-from ovs3d.methods.threedovs.trainer import load_semantic
-from ovs3d.run import _load_scene, fit_config_from_run
+from ovs3d.methods.registry import get_method
+from ovs3d.methods.targets import normalized_clip_targets
+from ovs3d.run import _backends, _load_scene, fit_config_from_run
 
 
 def _iou(gt: np.ndarray, pred: np.ndarray, c: int) -> float:
@@ -48,22 +47,23 @@ def diagnose(run: Path) -> dict:
     cfg = fit_config_from_run(run)
     scene = _load_scene(cfg.scene, cfg.kind)
     trained = load_trained_field(run / "checkpoints" / CHECKPOINT_NAME, "cpu")
-    heads, scfg, text = load_semantic(trained, run, "cpu")
-    clip, _ = build_backends(cfg, scene, "cpu", need_dino=False)
+    method = get_method(cfg.method).load(trained, run, "cpu")
+    text = method.text
+    clip = _backends(cfg, scene, "cpu", {"clip"})["clip"]
     views = [v for v in scene.annotated if v in scene.train_views(cfg.holdout)]
     ds = cfg.features.semantic_downscale
     feats = clip_features(scene, clip, views, cfg.features, Path(cfg.cache_dir) if cfg.cache_dir else None)
     classes = list(scene.classes)
     acc: dict[str, dict[str, list]] = {c: {} for c in classes}
     for j, v in enumerate(feats.view_ids):
-        out = render_semantic_view(trained, heads, scene, v, ds, scfg.samples_per_ray)
+        out = method.render_view(scene, v, ds)
         h, w = out["features"].shape[:2]
         gt = masks_to_labels(scene.load_masks(v, ds))  # [H, W], -1 = none
         t = normalized_clip_targets(feats[j]).float()  # [h*w, S, D]
         rel = L.minmax_normalize(L.segmentation_logits(t, text)[None], dims=(1,))[0]  # [h*w, S, C]
         sel = out["selection"].reshape(-1, rel.shape[1])  # [h*w, S]
         maps = {
-            "pred": predict_labels(out["features"], text),
+            "pred": method.predict_labels(out).numpy(),
             "target": L.relevancy_targets(rel, sel).argmax(-1).reshape(h, w).numpy(),
             "clip": L.segmentation_logits(L.selected_features(t, sel), text).argmax(-1).reshape(h, w).numpy(),
         }

@@ -37,7 +37,7 @@ def short_fit_settings() -> dict:
     """A short schedule of every stage for end-to-end fits on the ~128x96 test scenes (library loss settings)."""
     from ovs3d.foundation.features import FeatureConfig
     from ovs3d.methods.reconstruction import ReconstructionConfig
-    from ovs3d.methods.threedovs.trainer import SemanticConfig
+    from ovs3d.methods.threedovs.config import SemanticConfig
 
     recon = ReconstructionConfig(
         n_iters=150,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovs3d.methods.threedovs import losses as L
+from ovs3d import losses as L
 
 R, S, C, D, P = 5, 3, 3, 4, 6
 

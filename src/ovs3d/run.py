@@ -14,7 +14,6 @@ A run folder (SPEC §4)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -25,23 +24,22 @@ import numpy as np
 
 from ovs3d.errors import OVS3DError
 from ovs3d.foundation.features import FeatureConfig
-from ovs3d.foundation.pixel_clip import PixelClipConfig
 from ovs3d.methods.reconstruction import (
     CHECKPOINT_NAME,
     ReconstructionConfig,
-    config_from_dict,
     load_trained_field,
     render_view,
     train_reconstruction,
 )
-from ovs3d.methods.threedovs.trainer import SemanticConfig, semantic_config_from_dict
+from ovs3d.methods.registry import DEFAULT_METHOD, RECONSTRUCTION_ONLY, check_method, method_config_type
+from ovs3d.utils.config import config_from_dict
 from ovs3d.utils.device import resolve_device
 from ovs3d.utils.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 RUN_VERSION = 1
-Method = Literal["rgb", "3dovs"]
+Protocol = Literal["3dovs", "ovnerf"]
 
 
 @dataclass
@@ -52,8 +50,9 @@ class FitConfig:
     """Scene folder (SPEC §1)."""
     out: Path
     """Run folder to create or resume."""
-    method: Method = "3dovs"
-    """``3dovs``: reconstruction + 3D-OVS semantic distillation; ``rgb``: reconstruction only."""
+    method: str = DEFAULT_METHOD
+    """A semantic method of :mod:`ovs3d.methods.registry` (``3dovs``, ``ovnerf``) after the reconstruction, or
+    ``rgb``: reconstruction only."""
     holdout: bool = False
     """Novel-view protocol: annotated views take no part in training (no RGB, features or masks)."""
     kind: Literal["auto", "forward", "bounded"] = "auto"
@@ -79,8 +78,28 @@ class FitConfig:
     """RGB reconstruction stage."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
     """Foundation-model features (pixel CLIP, DINO)."""
-    semantic: SemanticConfig = field(default_factory=SemanticConfig)
-    """3D-OVS semantic stage."""
+    semantic: Any = None
+    """The method's own config (its class is the registry's ``method_config_type(method)``); None = its
+    defaults; unused by ``rgb``."""
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+        cls = method_config_type(self.method)
+        if cls is None:
+            self.semantic = None
+        elif self.semantic is None:
+            self.semantic = cls()
+        elif isinstance(self.semantic, dict):
+            self.semantic = _method_config(self.method, self.semantic)
+        elif not isinstance(self.semantic, cls):
+            raise TypeError(f"method {self.method!r} takes a {cls.__name__}, not a {type(self.semantic).__name__}")
+
+
+def _method_config(method: str, data: dict) -> Any:
+    """A method's config from its stored dictionary (the method reads settings older runs lack)."""
+    from ovs3d.methods.registry import get_method
+
+    return get_method(method).config_from_dict(data)
 
 
 def _load_scene(path: Path, kind: str):
@@ -124,7 +143,7 @@ def read_run_config(run: Path) -> dict[str, Any]:
 
 
 def fit(cfg: FitConfig) -> Path:
-    """Create or resume a run: reconstruction, then (method ``3dovs``) features and semantic training.
+    """Create or resume a run: reconstruction, then the method's features and semantic training.
 
     Returns:
         The run folder.
@@ -133,8 +152,10 @@ def fit(cfg: FitConfig) -> Path:
     new = _config_dict(cfg)
     if (run / "config.json").exists():
         stored = read_run_config(run)["fit"]
-        if isinstance(stored.get("semantic"), dict):  # settings added since the run was made mean what they did
-            stored = {**stored, "semantic": asdict(semantic_config_from_dict(stored["semantic"]))}
+        stored_method = stored.get("method", DEFAULT_METHOD)
+        if stored_method != RECONSTRUCTION_ONLY and isinstance(stored.get("semantic"), dict):
+            # settings added since the run was made mean what they did
+            stored = {**stored, "semantic": asdict(_method_config(stored_method, stored["semantic"]))}
         # A reconstruction-only run never reads the semantic-stage settings: changed defaults there do not
         # stop it from resuming.
         unused = (
@@ -154,15 +175,15 @@ def fit(cfg: FitConfig) -> Path:
     views = scene.train_views(cfg.holdout)
     if not views:
         raise OVS3DError("no training views are left (every view is annotated and --holdout is set)")
-    backends = None
-    if cfg.method == "3dovs":
-        from ovs3d.methods.threedovs.pipeline import build_backends, fit_semantic, needs_dino
+    method_cls, backends = None, None
+    if cfg.method != RECONSTRUCTION_ONLY:
+        from ovs3d.methods.registry import get_method
 
-        if not scene.classes:
-            raise OVS3DError(f"{scene.root} has no segmentations/classes.txt: 3D-OVS needs the label prompts")
+        method_cls = get_method(cfg.method)
+        method_cls.check_scene(scene)
         # Build (and so validate) the foundation models before writing anything or spending minutes on the
         # reconstruction: a bad flag leaves no half-made run behind.
-        backends = build_backends(cfg, scene, device, need_dino=needs_dino(cfg.semantic))
+        backends = _backends(cfg, scene, device, method_cls.needs(cfg.semantic))
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run / "config.json",
@@ -172,9 +193,19 @@ def fit(cfg: FitConfig) -> Path:
     if cfg.recon_from is not None and not ckpt.exists():
         _copy_reconstruction(Path(cfg.recon_from), cfg, ckpt)
     train_reconstruction(scene, run, cfg.recon, views, device=device)
-    if backends is not None:
-        fit_semantic(scene, run, cfg, device=device, backends=backends)
+    if method_cls is not None:
+        from ovs3d.methods.base import fit_method
+
+        fit_method(method_cls, scene, run, cfg, device, backends)
     return run
+
+
+def _backends(cfg: FitConfig, scene, device, families: set[str]) -> dict[str, Any]:
+    """The foundation models a method needs, from the run's flags (``auto``: simulated on synthetic scenes)."""
+    from ovs3d.foundation.registry import build_backends
+
+    specs = {"clip": cfg.clip, "dino": cfg.dino, "masks": cfg.masks}
+    return build_backends(families, specs, scene.root, scene.has_sim, device, cfg.allow_download)
 
 
 def _copy_reconstruction(source_run: Path, cfg: FitConfig, dest: Path) -> None:
@@ -196,19 +227,12 @@ def _copy_reconstruction(source_run: Path, cfg: FitConfig, dest: Path) -> None:
 def fit_config_from_run(run: Path) -> FitConfig:
     """Rebuild the :class:`FitConfig` a run was created with."""
     d = dict(read_run_config(run)["fit"])
-    d["scene"], d["out"] = Path(d["scene"]), Path(d["out"])
-    d["recon"] = config_from_dict(d["recon"])
-    d["semantic"] = semantic_config_from_dict(d["semantic"])
-    feat = dict(d["features"])
-    pc = dict(feat["pixel_clip"])
-    pc["patch_divisors"] = tuple(pc["patch_divisors"])
-    feat["pixel_clip"] = PixelClipConfig(**pc)
-    d["features"] = FeatureConfig(**feat)
-    for key in ("cache_dir", "recon_from"):
-        if d.get(key):
-            d[key] = Path(d[key])
-    known = {f.name for f in dataclasses.fields(FitConfig)}
-    return FitConfig(**{k: v for k, v in d.items() if k in known})
+    method = d.get("method", DEFAULT_METHOD)
+    semantic = d.pop("semantic", None)
+    cfg = config_from_dict(FitConfig, {**d, "method": RECONSTRUCTION_ONLY})
+    cfg.method = method
+    cfg.semantic = None if method == RECONSTRUCTION_ONLY else _method_config(method, semantic or {})
+    return cfg
 
 
 def psnr_views(run: Path) -> tuple[list[int], str]:
@@ -220,12 +244,21 @@ def psnr_views(run: Path) -> tuple[list[int], str]:
     return scene.train_views(False), "training views"
 
 
-def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
+def _load_method(cfg: FitConfig, trained, run: Path, device):
+    from ovs3d.methods.registry import get_method
+
+    return get_method(cfg.method).load(trained, Path(run), device)
+
+
+def evaluate(run: Path, max_psnr_views: int = 8, protocol: Protocol = "3dovs") -> dict[str, Any]:
     """Score a run (SPEC §4/§5): segmentation of every annotated view, and PSNR; writes ``RUN/eval/``.
 
     Args:
         run: run folder.
         max_psnr_views: PSNR over the training views uses at most this many, evenly spread (speed).
+        protocol: how segmentation is scored (SPEC §5): ``3dovs`` (every label of every annotated view,
+            absent ones score 0) or ``ovnerf`` (void ignored, labels absent from a view skipped). Whether
+            the annotated views trained is the run's own choice (``--holdout``), recorded as ``split``.
 
     Returns:
         The metrics dictionary written to ``RUN/eval/metrics.json``.
@@ -236,13 +269,13 @@ def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
     scene = _load_scene(cfg.scene, cfg.kind)
     device = resolve_device(cfg.device)
     trained = load_trained_field(Path(run) / "checkpoints" / CHECKPOINT_NAME, device)
-    segmentation = cfg.method != "rgb" and bool(scene.classes)
+    if protocol not in ("3dovs", "ovnerf"):
+        raise OVS3DError(f"unknown protocol {protocol!r}; choose 3dovs or ovnerf")
+    segmentation = cfg.method != RECONSTRUCTION_ONLY and bool(scene.classes)
     semantic = None
     if segmentation:
-        from ovs3d.methods.threedovs.trainer import load_semantic
-
         # The joint phase fine-tunes the appearance: PSNR is measured on the field the run ends with.
-        semantic = load_semantic(trained, Path(run), device)
+        semantic = _load_method(cfg, trained, Path(run), device)
     views = list(scene.annotated) if cfg.holdout else scene.train_views(False)
     if not cfg.holdout and len(views) > max_psnr_views:
         views = [views[i] for i in np.linspace(0, len(views) - 1, max_psnr_views).round().astype(int)]
@@ -253,7 +286,7 @@ def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
         gt = scene.load_image(v, ds)
         per_view[v] = float(psnr(out["rgb"], gt))
         images[v] = (out["rgb"], gt)
-    protocol = "novel-view" if cfg.holdout else "3dovs"
+    split = "novel-view" if cfg.holdout else "3dovs"
     mean_psnr = float(np.mean(list(per_view.values()))) if per_view else float("nan")
     extra = {
         "psnr": mean_psnr,
@@ -270,10 +303,30 @@ def evaluate(run: Path, max_psnr_views: int = 8) -> dict[str, Any]:
         preds = {v: pred for v, (pred, _) in images.items()}
         gts = {v: gt for v, (_, gt) in images.items()}
         rgb_extra = {k: val for k, val in extra.items() if k != "psnr"}  # write_rgb_eval computes it
-        return write_rgb_eval(eval_dir, per_view, preds, gts, protocol, rgb_extra)
-    from ovs3d.methods.threedovs.pipeline import evaluate_semantic
+        return write_rgb_eval(eval_dir, per_view, preds, gts, split, rgb_extra)
+    return _evaluate_segmentation(scene, cfg, semantic, eval_dir, split, protocol, extra)
 
-    return evaluate_semantic(scene, Path(run), cfg, trained, *semantic, protocol, extra)
+
+def _evaluate_segmentation(scene, cfg: FitConfig, method, eval_dir: Path, split: str, protocol: str, extra: dict):
+    """Render every annotated view at the semantic resolution, let the method predict, score (SPEC §5), write."""
+    from ovs3d.eval.report import write_segmentation_eval
+    from ovs3d.utils.console import progress
+
+    ds = cfg.features.semantic_downscale
+    preds, gts, rgbs = {}, {}, {}
+    for v in progress(list(scene.annotated), desc="evaluating views"):
+        out = method.render_view(scene, v, ds)
+        preds[v] = method.predict_labels(out).cpu().numpy().astype(np.int64)
+        gts[v] = scene.load_masks(v, ds)
+        rgbs[v] = scene.load_image(v, ds)
+    w, h = scene.image_size(ds)
+    extra = {**extra, "resolution": [w, h], "holdout": cfg.holdout}
+    extra["semantic"] = {k: v for k, v in asdict(method.cfg).items() if k in _EVAL_SETTINGS}
+    return write_segmentation_eval(eval_dir, list(scene.classes), preds, gts, rgbs, split, extra, metric=protocol)
+
+
+_EVAL_SETTINGS = ("rda_mode", "use_fda", "use_rda", "fda_rebalance", "ray_sampling", "use_rsr", "use_cse")
+"""Semantic settings recorded in metrics.json (what a reader comparing runs looks for first)."""
 
 
 def render(
@@ -302,9 +355,9 @@ def render(
 
     from ovs3d.eval.visualize import depth_colormap, label_palette, overlay_segmentation, relevancy_heatmap
     from ovs3d.io.video import write_video
-    from ovs3d.methods.scene_rays import camera_rays_in_field, ray_near
     from ovs3d.render.paths import orbit_path, spiral_path
     from ovs3d.render.rays import pixel_grid
+    from ovs3d.render.scene_rays import camera_rays_in_field, ray_near
     from ovs3d.utils.console import progress
     from ovs3d.utils.files import atomic_write_image
 
@@ -314,18 +367,15 @@ def render(
     trained = load_trained_field(Path(run) / "checkpoints" / CHECKPOINT_NAME, device)
     semantic = None
     sem_ckpt = Path(run) / "checkpoints" / "semantic.pt"
-    if cfg.method == "3dovs" and sem_ckpt.exists():
-        from ovs3d.methods.threedovs import pipeline as sem
-        from ovs3d.methods.threedovs.trainer import load_semantic
-
-        heads, scfg, text = load_semantic(trained, Path(run), device)
+    if cfg.method != RECONSTRUCTION_ONLY and sem_ckpt.exists():
+        method = _load_method(cfg, trained, Path(run), device)
         queries = list(labels or scene.classes)
         if labels:
-            clip, _ = sem.build_backends(cfg, scene, device, need_dino=False)
-            qtext = torch.nn.functional.normalize(clip.encode_text(queries).float(), dim=-1).cpu()
+            clip = _backends(cfg, scene, device, {"clip"})["clip"]
+            qtext = torch.nn.functional.normalize(clip.encode_text(queries).float(), dim=-1)
         else:
-            qtext = text.cpu()
-        semantic = (heads, scfg, text.cpu(), queries, qtext)
+            qtext = method.text
+        semantic = (method, queries, qtext)
     out = Path(out or Path(run) / "render")
     ds = cfg.features.semantic_downscale if semantic else cfg.recon.rgb_downscale
     w, h = scene.image_size(ds)
@@ -342,17 +392,16 @@ def render(
             r = render_rays_chunked(trained, o, d, near, (h, w))
             rgb, depth = r["rgb"], r["depth"]
         else:
-            heads, scfg, text, queries, qtext = semantic
-            r = sem.render_semantic_rays(trained, heads, o, d, near, scfg.samples_per_ray)
+            method, queries, qtext = semantic
+            r = method.render_rays(o, d, near)
             rgb = r["rgb"].reshape(h, w, 3).numpy()
-            feats = r["features"]
             depth = r["depth"].reshape(h, w).numpy()
         res = {"rgb": (np.clip(rgb, 0, 1) * 255).astype(np.uint8)}
         res["depth"] = depth_colormap(_depth_to_metric(scene, depth), *depth_range)
         if semantic is not None:
-            labels_map = sem.predict_labels(feats.reshape(h, w, -1), text)
+            labels_map = method.predict_labels(r).reshape(h, w).cpu().numpy()
             res["segmentation"] = overlay_segmentation(rgb, labels_map, palette)
-            rel = torch.nn.functional.normalize(feats, dim=-1) @ qtext.T  # [h*w, Q]
+            rel = method.label_logits(r, qtext).cpu()  # [h*w, Q] cosine relevancy
             for qi, q in enumerate(queries):
                 r_q = rel[:, qi].reshape(h, w).numpy()
                 lo, hi = float(r_q.min()), float(r_q.max())
@@ -391,7 +440,7 @@ def _depth_to_metric(scene, depth: np.ndarray) -> np.ndarray:
     return depth
 
 
-def demo(out: Path = Path("ovs3d-demo"), seed: int = 0, method: Method = "3dovs", frames: int = 30) -> dict:
+def demo(out: Path = Path("ovs3d-demo"), seed: int = 0, method: str = DEFAULT_METHOD, frames: int = 30) -> dict:
     """``ovs3d demo``: write the default synthetic scene, fit it, evaluate and render; returns the metrics.
 
     The scene goes to ``out/scene`` and the run to ``out/run``; an existing demo folder is reused

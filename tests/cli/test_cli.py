@@ -135,11 +135,16 @@ def test_fit_resume_with_other_settings(rgb_run: Path):
         "--method",
         "rgb",
         *TINY_RECON,
-        "--semantic.fda-w-pos",
-        "3",
+        "--dino",
+        "sim:7",
         cwd=rgb_run.parent,
     )
     assert_ok(res)
+    # a reconstruction-only run has no semantic settings at all
+    res = ovs3d(
+        "fit", "--scene", "scene", "--out", "run", "--method", "rgb", "--semantic.fda-w-pos", "3", cwd=rgb_run.parent
+    )
+    assert res.returncode != 0 and "fda-w-pos" in res.stderr
 
 
 def test_eval_corrupt_checkpoint(rgb_run: Path, tmp_path: Path):
@@ -210,6 +215,7 @@ def _foreign_out(tmp: Path, tiny: Path) -> list[object]:
 
 NO_CLIP = "/nonexistent/weights.bin"
 NO_DINO = "/nope.pth"
+NO_SAM = "/no/sam_vit_b.pth"
 FIT_ERRORS: dict[str, tuple[Callable[[Path, Path], list[object]], tuple[str, ...]]] = {
     "missing-scene": (_missing, ("no_such_scene",)),
     "no-poses": (_no_poses, ("noposes",)),
@@ -218,6 +224,8 @@ FIT_ERRORS: dict[str, tuple[Callable[[Path, Path], list[object]], tuple[str, ...
     "clip-unknown-backend": (_scene("--clip", "nonsense"), ("nonsense",)),
     "dino-missing-weights": (_scene("--dino", f"timm:vit_small_patch8_224.dino:{NO_DINO}"), (NO_DINO,)),
     "out-not-a-run": (_foreign_out, ("run",)),
+    "unknown-method": (_scene("--method", "nerfacto"), ("nerfacto", "3dovs", "ovnerf", "rgb")),
+    "sam-missing-checkpoint": (_scene("--method", "ovnerf", "--masks", f"sam:vit_b:{NO_SAM}"), (NO_SAM, "--masks")),
 }
 
 

@@ -1,13 +1,17 @@
 import pytest
 import torch
 
+from ovs3d import losses as L
 from ovs3d.io.loader import load_scene
-from ovs3d.methods.radiance import march, render_rgb
 from ovs3d.methods.reconstruction import ReconstructionConfig, train_reconstruction
-from ovs3d.methods.scene_rays import ray_near, view_rays
-from ovs3d.methods.threedovs import losses as L
-from ovs3d.methods.threedovs.data import patch_indices, token_grid, top_samples
-from ovs3d.methods.threedovs.trainer import SemanticConfig, _set_trainable, build_heads, render_samples
+from ovs3d.methods.targets import patch_indices
+from ovs3d.methods.threedovs.config import SemanticConfig
+from ovs3d.methods.threedovs.method import build_heads
+from ovs3d.methods.threedovs.method import set_trainable as _set_trainable
+from ovs3d.render.cached import render_semantic_samples as render_samples
+from ovs3d.render.cached import token_grid, top_samples
+from ovs3d.render.marching import march, render_rgb
+from ovs3d.render.scene_rays import ray_near, view_rays
 
 
 def _trained(scene, tmp_path):
@@ -95,7 +99,7 @@ def test_patch_indices_are_square_windows_of_one_view():
 def test_variants_set_what_they_name(tmp_path):
     import pytest
 
-    from ovs3d.methods.threedovs.pipeline import with_ablation
+    from ovs3d.methods.threedovs.ablations import with_ablation
     from ovs3d.run import FitConfig
 
     base = FitConfig(scene=tmp_path, out=tmp_path / "run")
@@ -114,7 +118,8 @@ def test_variants_set_what_they_name(tmp_path):
 
 
 def test_semantic_checkpoint_describes_its_heads(tiny_scene_dir, tmp_path):
-    from ovs3d.methods.threedovs.trainer import SemanticData, load_semantic, train_semantic
+    from ovs3d.methods.base import train_method
+    from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS
 
     scene = load_scene(tiny_scene_dir)
     trained = _trained(scene, tmp_path)
@@ -133,11 +138,11 @@ def test_semantic_checkpoint_describes_its_heads(tiny_scene_dir, tmp_path):
         text=torch.nn.functional.normalize(torch.randn(n_classes, dim, generator=g), dim=-1),
     )
     cfg = SemanticConfig(n_iters=4, joint_start=2, batch_size=64, use_fda=False, checkpoint_every=4)
-    heads = train_semantic(trained, data, tmp_path / "run", cfg)
-    loaded, loaded_cfg, text = load_semantic(trained, tmp_path / "run")
-    assert loaded.selection(torch.zeros(5, 3)).shape == (5, n_scales)
-    assert text.shape == (n_classes, dim) and loaded_cfg == cfg
-    for a, b in zip(heads.state_dict().values(), loaded.state_dict().values(), strict=True):
+    heads = train_method(ThreeDOVS.from_data(trained, cfg, data), tmp_path / "run").heads
+    loaded = ThreeDOVS.load(trained, tmp_path / "run", "cpu")
+    assert loaded.heads.selection(torch.zeros(5, 3)).shape == (5, n_scales)
+    assert loaded.text.shape == (n_classes, dim) and loaded.cfg == cfg
+    for a, b in zip(heads.state_dict().values(), loaded.heads.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -151,7 +156,8 @@ def test_semantic_resume_from_the_joint_start_matches_uninterrupted(tiny_scene_d
 
     import torch.nn.functional as F
 
-    from ovs3d.methods.threedovs import trainer as T
+    from ovs3d.methods.base import train_method
+    from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS
 
     scene = load_scene(tiny_scene_dir)
     trained = _trained(scene, tmp_path)
@@ -159,7 +165,7 @@ def test_semantic_resume_from_the_joint_start_matches_uninterrupted(tiny_scene_d
     s = top_samples(trained, o, d, ray_near(scene), k=4)
     g = torch.Generator().manual_seed(0)
     n = len(s)
-    data = T.SemanticData(
+    data = SemanticData(
         pixels=s,
         clip_targets=F.normalize(torch.randn(n, 3, 16, generator=g), dim=-1).half(),
         relevancy=torch.rand(n, 3, 5, generator=g),
@@ -171,20 +177,57 @@ def test_semantic_resume_from_the_joint_start_matches_uninterrupted(tiny_scene_d
         ray_weights=torch.rand(n, generator=g),
     )
     cfg = SemanticConfig(n_iters=6, joint_start=3, checkpoint_every=3, batch_size=32, patch_cells=4, n_patches=2)
-    full = T.train_semantic(copy.deepcopy(trained), data, tmp_path / "full", cfg)
+    full = train_method(ThreeDOVS.from_data(copy.deepcopy(trained), cfg, data), tmp_path / "full").heads
 
-    losses = T.semantic_losses
+    losses = ThreeDOVS.loss
 
-    def crash(*args):
-        if args[4] == 4:  # step 4: after the checkpoint at the joint start
+    def crash(self, step, generator):
+        if step == 4:  # step 4: after the checkpoint at the joint start
             raise _Interrupt
-        return losses(*args)
+        return losses(self, step, generator)
 
-    monkeypatch.setattr(T, "semantic_losses", crash)
-    cut = copy.deepcopy(trained)
+    monkeypatch.setattr(ThreeDOVS, "loss", crash)
     with pytest.raises(_Interrupt):
-        T.train_semantic(cut, data, tmp_path / "cut", cfg)
-    monkeypatch.setattr(T, "semantic_losses", losses)
-    resumed = T.train_semantic(copy.deepcopy(trained), data, tmp_path / "cut", cfg)
+        train_method(ThreeDOVS.from_data(copy.deepcopy(trained), cfg, data), tmp_path / "cut")
+    monkeypatch.setattr(ThreeDOVS, "loss", losses)
+    resumed = train_method(ThreeDOVS.from_data(copy.deepcopy(trained), cfg, data), tmp_path / "cut").heads
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.parametrize("rebalance", [True, False])
+def test_fda_term_is_eq14_or_eq12_by_the_rebalance_switch(tiny_scene_dir, tmp_path, rebalance):
+    """The "no rebalance" ablation goes through Eq. 12 (the plain correlation loss), not a reweighted Eq. 14."""
+    import torch.nn.functional as F
+
+    from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS
+
+    scene = load_scene(tiny_scene_dir)
+    trained = _trained(scene, tmp_path)
+    o, d = view_rays(scene, 0, 4.0)  # 16 x 12 rays
+    s = top_samples(trained, o, d, ray_near(scene), k=4)
+    g = torch.Generator().manual_seed(0)
+    n = len(s)
+    data = SemanticData(
+        pixels=s,
+        clip_targets=F.normalize(torch.randn(n, 3, 16, generator=g), dim=-1).half(),
+        relevancy=torch.rand(n, 3, 5, generator=g),
+        rgb=torch.rand(n, 3, generator=g),
+        cells=s,
+        dino=torch.randn(n, 8, generator=g).half(),
+        cell_grid=(1, 12, 16),
+        text=F.normalize(torch.randn(5, 16, generator=g), dim=-1),
+    )
+    cfg = SemanticConfig(patch_cells=4, n_patches=2, fda_rebalance=rebalance, fda_w_pos=20.0, fda_w_neg=0.2)
+    m = ThreeDOVS.from_data(trained, cfg, data)
+    got = m.fda_loss(torch.Generator().manual_seed(1))
+    pidx = patch_indices(1, 12, 16, 4, 2, torch.Generator().manual_seed(1))
+    feats = render_samples(trained, m.heads, s.index(pidx.reshape(-1)), with_select=False, with_rgb=False)["features"]
+    logits = L.segmentation_logits(feats, data.text).reshape(2, 16, -1)
+    dino = data.dino[pidx.reshape(-1)].float().reshape(2, 16, -1)
+    pos_neg = L.fda_loss(logits, dino, w_pos=20.0, w_neg=0.2, return_terms=True)[1]
+    if rebalance:
+        expected = 20.0 * pos_neg["pos"] + 0.2 * pos_neg["neg"]
+    else:
+        expected = 20.0 * L.fda_loss(logits, dino, rebalance=False)
+    torch.testing.assert_close(got.detach(), expected.detach())

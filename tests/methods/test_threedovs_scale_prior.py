@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovs3d.methods.threedovs import losses as L
-from ovs3d.methods.threedovs.data import dino_purity, pixel_scale_prior, preferred_scales
+from ovs3d import losses as L
+from ovs3d.methods.threedovs.scale_prior import dino_purity, pixel_scale_prior, preferred_scales
 
 
 def _purity_loop(dino, radii, shift):
@@ -58,7 +58,7 @@ def test_rda_temperature_sharpens_the_target():
 
 
 def test_balanced_ray_weights_give_each_pseudo_class_an_equal_share():
-    from ovs3d.methods.threedovs.pipeline import balanced_ray_weights
+    from ovs3d.methods.threedovs.method import balanced_ray_weights
 
     # 90 rays whose relevancy says class 0, 10 that say class 2 (scales averaged)
     rel = torch.zeros(100, 3, 3)
@@ -73,7 +73,7 @@ def test_balanced_ray_weights_give_each_pseudo_class_an_equal_share():
 
 
 def test_semantic_grid_lets_features_depend_on_position():
-    from ovs3d.methods.threedovs.model import SemanticHeads
+    from ovs3d.field.semantic import SemanticHeads
 
     aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
     plain = SemanticHeads(aabb, (8, 8, 8), app_dim=4, feature_dim=6, width=8, seed=0)

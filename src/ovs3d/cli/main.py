@@ -8,14 +8,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
 from ovs3d.errors import OVS3DError
 from ovs3d.foundation.features import FeatureConfig
-from ovs3d.methods.reconstruction import ReconstructionConfig
-from ovs3d.methods.threedovs.trainer import SemanticConfig
+from ovs3d.methods.registry import DEFAULT_METHOD, check_method
+from ovs3d.run import FitConfig
 
 
 def _console():
@@ -30,8 +30,8 @@ class MakeScene:
 
     out: Path
     """Scene folder to create."""
-    preset: Literal["tabletop"] = "tabletop"
-    """Scene preset (tabletop: forward-facing table with objects in front of a wall)."""
+    preset: Literal["tabletop", "room"] = "tabletop"
+    """Scene preset (tabletop: forward-facing table with objects in front of a wall; room: inside-out room)."""
     seed: int = 0
     """Layout and label seed."""
     width: int | None = None
@@ -71,45 +71,50 @@ class MakeScene:
         _console().print(f"wrote {self.preset} scene (seed {self.seed}) to {path} in {time.perf_counter() - t0:.1f}s")
 
 
-@dataclass
-class Fit:
-    """Scene -> trained (semantic) radiance field: reconstruction, cached features, semantic training."""
+class FitCommand(FitConfig):
+    """Scene -> trained (semantic) radiance field: reconstruction, cached features, the method's training.
 
-    scene: Path
-    """Scene folder (SPEC §1)."""
-    out: Path
-    """Run folder (created, or resumed if it exists)."""
-    method: Literal["3dovs", "rgb"] = "3dovs"
-    """3dovs: the full 3D-OVS method; rgb: reconstruction only."""
-    holdout: bool = False
-    """Novel-view protocol: annotated views take no part in training."""
-    kind: Literal["auto", "forward", "bounded"] = "auto"
-    """Scene kind override (auto: detected from the poses)."""
-    clip: str = "auto"
-    """CLIP backend: sim | open_clip:<arch>:<tag or weights file> (auto: sim on synthetic scenes)."""
-    dino: str = "auto"
-    """DINO backend: sim | timm:<name>[:<weights file>] (auto: sim on synthetic scenes)."""
-    masks: str = "auto"
-    """Mask backend: sim | superpixel | sam:<vit_h|vit_l|vit_b>:<checkpoint>."""
-    allow_download: bool = False
-    """Allow backends to download missing weights."""
-    cache_dir: Path | None = None
-    """Feature cache folder (default <scene>/.ovs3d_cache)."""
-    device: str = "auto"
-    """auto | cpu | cuda | cuda:N."""
-    recon_from: Path | None = None
-    """Start from the finished reconstruction of another run of the same scene and protocol."""
-    recon: ReconstructionConfig = field(default_factory=ReconstructionConfig)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    The flags are :class:`~ovs3d.run.FitConfig`'s; ``--semantic.*`` are the chosen ``--method``'s own
+    settings (``ovs3d fit --method ovnerf --help`` lists them).
+    """
 
     def main(self) -> None:
-        from ovs3d.run import FitConfig, fit
+        from dataclasses import fields
 
-        cfg = FitConfig(**{k: getattr(self, k) for k in FitConfig.__dataclass_fields__})
+        from ovs3d.run import fit
+
+        cfg = FitConfig(**{f.name: getattr(self, f.name) for f in fields(FitConfig)})
         t0 = time.perf_counter()
         run = fit(cfg)
         _console().print(f"fit done in {time.perf_counter() - t0:.0f}s: {run}")
+
+
+def _fit_command(method: str) -> type:
+    """The ``fit`` command for ``method``: FitConfig's flags, ``semantic`` typed as that method's config."""
+    from dataclasses import field, make_dataclass
+
+    from ovs3d.methods.registry import method_config_type, method_names
+
+    sem_type = method_config_type(method)
+    methods = Literal[tuple(method_names())]  # type: ignore[valid-type]
+    method_help = "semantic method (3dovs: 3D-OVS; ovnerf: OV-NeRF) or rgb (reconstruction only)"
+    fields_ = [("method", Annotated[methods, tyro.conf.arg(help=method_help)], field(default=method))]
+    if sem_type is None:
+        fields_.append(("semantic", tyro.conf.Suppress[Any], field(default=None)))
+    else:
+        help_ = f"settings of the {method} semantic stage"
+        fields_.append(("semantic", Annotated[sem_type, tyro.conf.arg(help=help_)], field(default_factory=sem_type)))
+    return make_dataclass("Fit", fields_, bases=(FitCommand,))
+
+
+def _method_flag(argv: list[str]) -> str | None:
+    """The value of ``--method`` in ``argv`` (``--method X`` or ``--method=X``), if given."""
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.partition("=")[2]
+    return None
 
 
 @dataclass
@@ -118,11 +123,14 @@ class Eval:
 
     run: Path
     """Run folder."""
+    protocol: Literal["3dovs", "ovnerf"] = "3dovs"
+    """Scoring (SPEC §5): 3dovs (every label of every annotated view; absent labels score 0) or ovnerf
+    (void pixels ignored, labels absent from a view skipped, as OV-NeRF's Replica tables)."""
 
     def main(self) -> None:
         from ovs3d.run import evaluate
 
-        _print_metrics(evaluate(self.run), self.run / "eval")
+        _print_metrics(evaluate(self.run, protocol=self.protocol), self.run / "eval")
 
 
 @dataclass
@@ -235,8 +243,8 @@ class Demo:
     """Folder for the scene and the run."""
     seed: int = 0
     """Scene seed."""
-    method: Literal["3dovs", "rgb"] = "3dovs"
-    """Method to fit."""
+    method: str = "3dovs"
+    """Method to fit (3dovs, ovnerf or rgb)."""
     frames: int = 30
     """Frames of the rendered camera path."""
 
@@ -247,6 +255,10 @@ class Demo:
         metrics = demo(self.out, self.seed, self.method, self.frames)
         _print_metrics(metrics, self.out / "run" / "eval")
         _console().print(f"demo finished in {time.perf_counter() - t0:.0f}s; pictures in {self.out / 'run'}")
+
+
+def _fmt(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
 
 
 def _print_metrics(metrics: dict, where: Path) -> None:
@@ -267,21 +279,22 @@ def _print_metrics(metrics: dict, where: Path) -> None:
         per.add_column("mIoU", justify="right")
         per.add_column("accuracy", justify="right")
         for v, m in metrics["per_view"].items():
-            if "miou" in m:
-                per.add_row(str(v), f"{m['miou']:.3f}", f"{m['accuracy']:.3f}")
+            if "miou" in m:  # None: a view with nothing to score (OV-NeRF protocol, all void)
+                per.add_row(str(v), _fmt(m["miou"]), _fmt(m.get("accuracy")))
         con.print(per)
     con.print(f"written to {where}")
 
 
-Commands = (
-    Annotated[MakeScene, tyro.conf.subcommand("make-scene")]
-    | Annotated[Fit, tyro.conf.subcommand("fit")]
-    | Annotated[Eval, tyro.conf.subcommand("eval")]
-    | Annotated[Render, tyro.conf.subcommand("render")]
-    | Annotated[Features, tyro.conf.subcommand("features")]
-    | Annotated[Baseline, tyro.conf.subcommand("baseline")]
-    | Annotated[Demo, tyro.conf.subcommand("demo")]
-)
+def _commands(fit_type: type):
+    return (
+        Annotated[MakeScene, tyro.conf.subcommand("make-scene")]
+        | Annotated[fit_type, tyro.conf.subcommand("fit")]
+        | Annotated[Eval, tyro.conf.subcommand("eval")]
+        | Annotated[Render, tyro.conf.subcommand("render")]
+        | Annotated[Features, tyro.conf.subcommand("features")]
+        | Annotated[Baseline, tyro.conf.subcommand("baseline")]
+        | Annotated[Demo, tyro.conf.subcommand("demo")]
+    )
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
@@ -289,8 +302,11 @@ def entrypoint(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("OVS3D_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    cmd = tyro.cli(Commands, args=argv, prog="ovs3d")
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
+        method = _method_flag(args) or DEFAULT_METHOD
+        check_method(method)
+        cmd = tyro.cli(_commands(_fit_command(method)), args=args, prog="ovs3d")
         cmd.main()
     except OVS3DError as e:
         print(f"ovs3d: error: {e}", file=sys.stderr)

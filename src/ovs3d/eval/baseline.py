@@ -55,6 +55,7 @@ def run_baseline(
     device: str = "auto",
     allow_download: bool = False,
     scales: tuple[int, ...] | None = None,
+    protocol: str = "3dovs",
 ) -> dict:
     """Score the 2D baseline on every annotated view; writes the same files as ``ovs3d eval`` into ``out``.
 
@@ -63,16 +64,15 @@ def run_baseline(
     """
     from ovs3d.errors import OVS3DError
     from ovs3d.eval.report import write_segmentation_eval
-    from ovs3d.foundation.registry import build_clip
+    from ovs3d.foundation.registry import build_clip, resolve_spec
     from ovs3d.io.loader import load_scene
-    from ovs3d.methods.threedovs.pipeline import resolve_spec
 
     scene = load_scene(scene_dir)
     if not scene.annotated:
         raise OVS3DError(f"{scene_dir} has no annotated views (segmentations/<NN>/) to score")
     cfg = replace(cfg or FeatureConfig(), views_fraction=1.0)
     clip = build_clip(
-        resolve_spec(clip_spec, scene, "clip"),
+        resolve_spec(clip_spec, scene.has_sim, "clip"),
         scene.root,
         device=str(resolve_device(device)),
         allow_download=allow_download,
@@ -93,4 +93,4 @@ def run_baseline(
         "resolution": [w, h],
         "scales": list(scales) if scales is not None else None,
     }
-    return write_segmentation_eval(Path(out), list(scene.classes), preds, gts, rgbs, "3dovs", extra)
+    return write_segmentation_eval(Path(out), list(scene.classes), preds, gts, rgbs, "3dovs", extra, metric=protocol)

@@ -24,24 +24,27 @@ def extract_features(
     Returns:
         ``{name: (cache entry folder, bytes on disk, number of views)}``.
     """
-    from ovs3d.foundation.registry import build_clip, build_dino, build_masks
+    from ovs3d.foundation.registry import build_clip, build_dino, build_masks, resolve_spec
     from ovs3d.io.loader import load_scene
-    from ovs3d.methods.threedovs.pipeline import resolve_spec
 
     cfg = cfg or FeatureConfig()
     scene = load_scene(scene_dir)
     dev = str(resolve_device(device))
     views = scene.train_views(holdout)
     report = {}
-    clip = build_clip(resolve_spec(clip_spec, scene, "clip"), scene.root, device=dev, allow_download=allow_download)
+    clip = build_clip(
+        resolve_spec(clip_spec, scene.has_sim, "clip"), scene.root, device=dev, allow_download=allow_download
+    )
     c = clip_features(scene, clip, views, cfg, cache_dir)
     report["pixel CLIP"] = (c.path, c.nbytes, len(c))
-    dino = build_dino(resolve_spec(dino_spec, scene, "dino"), scene.root, device=dev, allow_download=allow_download)
+    dino = build_dino(
+        resolve_spec(dino_spec, scene.has_sim, "dino"), scene.root, device=dev, allow_download=allow_download
+    )
     d = dino_features(scene, dino, views, cfg, cache_dir)
     report["DINO"] = (d.path, d.nbytes, len(d))
     if masks_spec != "none":
         masks = build_masks(
-            resolve_spec(masks_spec, scene, "masks"), scene.root, device=dev, allow_download=allow_download
+            resolve_spec(masks_spec, scene.has_sim, "masks"), scene.root, device=dev, allow_download=allow_download
         )
         m = mask_proposals(scene, masks, views, cfg, cache_dir)
         cached = getattr(m, "cached", m)

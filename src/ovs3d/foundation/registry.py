@@ -208,3 +208,49 @@ def build_masks(
             model_type, ckpt.strip() or None, device=device, allow_download=allow_download, **sam_kwargs
         )
     raise BackendError(f"unknown --masks backend {name!r} in {spec!r}; accepted: {ACCEPTED['masks']}")
+
+
+DEFAULT_REAL = {
+    "clip": "open_clip:ViT-B-16:openai",
+    "dino": "timm:vit_base_patch8_224.dino",
+    "masks": "superpixel",
+}
+"""What ``auto`` means on a real (non-synthetic) scene: the models the papers used (SAM needs a checkpoint
+path, so masks default to the CPU superpixel proposer)."""
+
+
+def resolve_spec(spec: str, has_sim: bool, family: str) -> str:
+    """``auto`` -> ``sim`` on synthetic scenes (``has_sim``), else :data:`DEFAULT_REAL`; other specs unchanged."""
+    if spec != "auto":
+        return spec
+    return "sim" if has_sim else DEFAULT_REAL[family]
+
+
+def build_backends(
+    families: set[str] | Sequence[str],
+    specs: dict[str, str],
+    scene_root: str | os.PathLike,
+    has_sim: bool,
+    device: str | torch.device = "cpu",
+    allow_download: bool = False,
+) -> dict[str, ClipBackend | DinoBackend | MaskBackend]:
+    """Build the backends a method needs from the run's flags.
+
+    Args:
+        families: which of ``clip``, ``dino``, ``masks`` to build.
+        specs: the flags, e.g. ``{"clip": "auto", "dino": "timm:...", "masks": "sam:vit_h:/path"}``.
+        scene_root: the scene folder (simulated backends read its ``sim/``).
+        has_sim: whether the scene is synthetic (``auto`` resolves to ``sim``).
+        device: torch device of real models.
+        allow_download: let real backends download weights that are not cached.
+
+    Returns:
+        ``{family: backend}``.
+    """
+    builders = {"clip": build_clip, "dino": build_dino, "masks": build_masks}
+    out = {}
+    for family in ("clip", "dino", "masks"):
+        if family in families:
+            spec = resolve_spec(specs[family], has_sim, family)
+            out[family] = builders[family](spec, scene_root, device=str(device), allow_download=allow_download)
+    return out

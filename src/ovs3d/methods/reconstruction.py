@@ -9,10 +9,8 @@ the optimiser and the random state, so an interrupted fit continues exactly wher
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,12 +20,13 @@ import torch
 
 from ovs3d.field.occupancy import compute_occupancy, dilate_grid, visible_voxels
 from ovs3d.field.tensorf import TensoRFField, resolution_for_voxels, tv_loss
+from ovs3d.field.trained import TrainedField
 from ovs3d.io.scene import Scene
-from ovs3d.methods.radiance import MarchConfig, march, render_rgb
-from ovs3d.methods.scene_rays import field_aabb, ray_near, view_rays
+from ovs3d.methods.loop import Callback, LoopSettings, run_stage
+from ovs3d.render.marching import MarchConfig, march, render_rgb
+from ovs3d.render.scene_rays import field_aabb, ray_near, view_rays
 from ovs3d.render.volume import distortion_loss
-from ovs3d.utils.console import progress
-from ovs3d.utils.files import load_checkpoint, save_checkpoint
+from ovs3d.utils.files import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -158,23 +157,6 @@ def make_optimizer(field_: TensoRFField, cfg: ReconstructionConfig) -> torch.opt
     )
 
 
-@dataclass
-class TrainedField:
-    """A reconstructed field ready to render.
-
-    Attributes:
-        field: the TensoRF parameters.
-        occupancy: ``[G_z, G_y, G_x]`` bool grid (or ``None``).
-        config: the stage's configuration.
-        step: iterations trained.
-    """
-
-    field: TensoRFField
-    occupancy: torch.Tensor | None
-    config: ReconstructionConfig
-    step: int
-
-
 def config_from_dict(d: dict) -> ReconstructionConfig:
     """Rebuild a :class:`ReconstructionConfig` from ``asdict`` output."""
     d = dict(d)
@@ -235,15 +217,111 @@ def render_rays_chunked(
     }
 
 
-def _save(path: Path, cfg, field_, occ, opt, gen, step, stats):
-    state = {
-        "field": field_.state_dict(),
-        "occupancy": None if occ is None else occ.to(torch.uint8).cpu(),
-        "optimizer": opt.state_dict(),
-        "rng": gen.get_state(),
-        "stats": stats,
-    }
-    save_checkpoint(path, config=asdict(cfg), step=step, state=state, kind="reconstruction")
+class ReconstructionStage:
+    """The RGB reconstruction as a :class:`~ovs3d.methods.loop.Stage`.
+
+    Phases are the grid resolutions: each upsampling replaces the grids and starts a fresh optimiser with
+    reset learning rates (TensoRF's recipe). Random draws (ray batches, stratified jitter, the ray subset
+    of occupancy updates) all come from the loop's generator.
+    """
+
+    kind = "reconstruction"
+
+    def __init__(self, scene: Scene, cfg: ReconstructionConfig, views: list[int], device) -> None:
+        self.cfg, self.device, self.n_iters = cfg, device, cfg.n_iters
+        self.aabb = field_aabb(scene).to(device)
+        self.schedule = upsample_schedule(cfg, self.aabb.cpu())
+        self.field = build_field(cfg, self.aabb.cpu()).to(device)
+        self.occupancy: torch.Tensor | None = None
+        self.stats: dict = {"train_seconds": 0.0, "density_evals": 0, "app_evals": 0, "rays": 0}
+        self.scene, self.views = scene, views
+        self._rays: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.near = ray_near(scene)
+
+    @property
+    def rays(self) -> torch.Tensor:
+        """``[M, 6]`` training rays (read on first use: a finished stage never loads the images)."""
+        if self._rays is None:
+            self._rays = gather_training_rays(self.scene, self.views, self.cfg.rgb_downscale)
+        return self._rays[0]
+
+    @property
+    def rgbs(self) -> torch.Tensor:
+        """``[M, 3]`` colours of :attr:`rays`."""
+        self.rays  # noqa: B018  (loads both)
+        return self._rays[1]
+
+    def phase(self, step: int) -> int:
+        return sum(1 for it in self.cfg.upsample_iters if it <= step)
+
+    def enter_phase(self, phase: int) -> list[dict]:
+        f = self.field
+        return [
+            {"params": f.grid_parameters(), "lr": self.cfg.lr_grid},
+            {"params": f.network_parameters(), "lr": self.cfg.lr_net},
+        ]
+
+    def before_step(self, step: int, generator: torch.Generator) -> None:
+        if step in self.schedule:
+            self.field.upsample(self.schedule[step])
+        if step in self.cfg.occupancy_iters:
+            sub = torch.randperm(self.rays.shape[0], generator=generator)[: self.cfg.visibility_rays]
+            self.occupancy = update_occupancy(self.field, self.cfg, self.rays[sub], self.near)
+
+    def lr_factor(self, step: int) -> float:
+        return learning_rate_factor(step, self.cfg)
+
+    def loss(self, step: int, generator: torch.Generator):
+        cfg, field_ = self.cfg, self.field
+        idx = torch.randint(0, self.rays.shape[0], (cfg.batch_size,), generator=generator)
+        batch = self.rays[idx].to(self.device)
+        target = self.rgbs[idx].to(self.device)
+        marched = march(
+            field_,
+            self.occupancy,
+            batch[:, :3],
+            batch[:, 3:],
+            cfg.march,
+            near=self.near,
+            perturb=True,
+            generator=generator,
+        )
+        out = render_rgb(field_, marched, batch[:, 3:], cfg.march)
+        mse = torch.mean((out["rgb"] - target) ** 2)
+        loss = mse
+        if cfg.distortion_weight > 0:
+            loss = loss + cfg.distortion_weight * distortion_loss(marched.weights, marched.t_mid, marched.dt)
+        tv_scale = 1e-2 * self.lr_factor(step)
+        if cfg.tv_weight_density > 0:
+            loss = loss + cfg.tv_weight_density * tv_scale * tv_loss(list(field_.density_planes))
+        if cfg.tv_weight_app > 0:
+            loss = loss + cfg.tv_weight_app * tv_scale * tv_loss(list(field_.app_planes))
+        self.stats["density_evals"] += int(out["n_density"])
+        self.stats["app_evals"] += int(out["n_app"])
+        self.stats["rays"] += cfg.batch_size
+        parts = {
+            "psnr": -10 * torch.log10(mse.detach()),
+            "samples_per_ray": marched.n_samples,
+            "density_evals_per_ray": float(out["n_density"]) / cfg.batch_size,
+            "app_evals_per_ray": float(out["n_app"]) / cfg.batch_size,
+            "resolution": field_.grid_resolution,
+        }
+        return loss, parts
+
+    def state_dict(self) -> dict:
+        occ = self.occupancy
+        return {"field": self.field.state_dict(), "occupancy": None if occ is None else occ.to(torch.uint8).cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field = build_field(self.cfg, self.aabb.cpu(), [int(r) for r in state["field"]["resolution"]])
+        self.field.load_state_dict(state["field"])
+        self.field.to(self.device)
+        occ = state["occupancy"]
+        self.occupancy = None if occ is None else occ.bool().to(self.device)
+
+    def trained(self, step: int) -> TrainedField:
+        """The field as it is now."""
+        return TrainedField(self.field, self.occupancy, self.cfg, step)
 
 
 def train_reconstruction(
@@ -269,90 +347,19 @@ def train_reconstruction(
     Returns:
         The trained field.
     """
-    ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
-    log_path = run_dir / "logs" / "reconstruction.jsonl"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    aabb = field_aabb(scene).to(device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    schedule = upsample_schedule(cfg, aabb.cpu())
-    step, occ = 0, None
-    stats = {"train_seconds": 0.0, "density_evals": 0, "app_evals": 0, "rays": 0}
-    if ckpt_path.exists():
-        payload = load_checkpoint(ckpt_path, kind="reconstruction")
-        state = payload["state"]
-        step = int(payload["step"])
-        field_ = build_field(cfg, aabb.cpu(), [int(r) for r in state["field"]["resolution"]])
-        field_.load_state_dict(state["field"])
-        field_.to(device)
-        occ = None if state["occupancy"] is None else state["occupancy"].bool().to(device)
-        opt = make_optimizer(field_, cfg)
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"])
-        stats = dict(state.get("stats", stats))
-        if step >= cfg.n_iters:
-            logger.info("reconstruction already trained (%d iterations)", step)
-            return TrainedField(field_, occ, cfg, step)
-        logger.info("resuming reconstruction at iteration %d", step)
-    else:
-        field_ = build_field(cfg, aabb.cpu()).to(device)
-        opt = make_optimizer(field_, cfg)
-
-    rays, rgbs = gather_training_rays(scene, views, cfg.rgb_downscale)
-    near = ray_near(scene)
-    t_start = time.perf_counter()
-    stats_at_start = float(stats["train_seconds"])
-    log_file = open(log_path, "a")
-    try:
-        for it in progress(range(step, cfg.n_iters), desc="reconstruction", total=cfg.n_iters - step):
-            if it in schedule:
-                field_.upsample(schedule[it])
-                opt = make_optimizer(field_, cfg)
-            if it in cfg.occupancy_iters:
-                sub = torch.randperm(rays.shape[0], generator=gen)[: cfg.visibility_rays]
-                occ = update_occupancy(field_, cfg, rays[sub], near)
-            factor = learning_rate_factor(it, cfg)
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * factor
-            idx = torch.randint(0, rays.shape[0], (cfg.batch_size,), generator=gen)
-            batch = rays[idx].to(device)
-            target = rgbs[idx].to(device)
-            marched = march(field_, occ, batch[:, :3], batch[:, 3:], cfg.march, near=near, perturb=True, generator=gen)
-            out = render_rgb(field_, marched, batch[:, 3:], cfg.march)
-            mse = torch.mean((out["rgb"] - target) ** 2)
-            loss = mse
-            if cfg.distortion_weight > 0:
-                loss = loss + cfg.distortion_weight * distortion_loss(marched.weights, marched.t_mid, marched.dt)
-            tv_scale = 1e-2 * factor
-            if cfg.tv_weight_density > 0:
-                loss = loss + cfg.tv_weight_density * tv_scale * tv_loss(list(field_.density_planes))
-            if cfg.tv_weight_app > 0:
-                loss = loss + cfg.tv_weight_app * tv_scale * tv_loss(list(field_.app_planes))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            stats["density_evals"] += int(out["n_density"])
-            stats["app_evals"] += int(out["n_app"])
-            stats["rays"] += cfg.batch_size
-            done = it + 1
-            stats["train_seconds"] = stats_at_start + time.perf_counter() - t_start
-            if done % cfg.log_every == 0 or done == cfg.n_iters:
-                rec = {
-                    "step": done,
-                    "loss": float(loss.detach()),
-                    "psnr": float(-10 * torch.log10(mse.detach())),
-                    "seconds": round(stats["train_seconds"], 2),
-                    "samples_per_ray": marched.n_samples,
-                    "density_evals_per_ray": float(out["n_density"]) / cfg.batch_size,
-                    "app_evals_per_ray": float(out["n_app"]) / cfg.batch_size,
-                    "resolution": field_.grid_resolution,
-                }
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-                logger.debug("reconstruction %s", rec)
-            if done % cfg.checkpoint_every == 0 or done == cfg.n_iters:
-                _save(ckpt_path, cfg, field_, occ, opt, gen, done, stats)
-            if callback is not None and callback_every and done % callback_every == 0:
-                callback(done, TrainedField(field_, occ, cfg, done))
-    finally:
-        log_file.close()
-    return TrainedField(field_, occ, cfg, cfg.n_iters)
+    run_dir = Path(run_dir)
+    stage = ReconstructionStage(scene, cfg, views, device)
+    settings = LoopSettings(
+        checkpoint=run_dir / "checkpoints" / CHECKPOINT_NAME,
+        log=run_dir / "logs" / "reconstruction.jsonl",
+        config=asdict(cfg),
+        seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every,
+        desc="reconstruction",
+    )
+    callbacks = []
+    if callback is not None and callback_every:
+        callbacks.append(Callback(callback_every, lambda step: callback(step, stage.trained(step))))
+    step = run_stage(stage, settings, callbacks)
+    return stage.trained(step)

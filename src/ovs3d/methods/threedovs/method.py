@@ -1,0 +1,430 @@
+"""The 3D-OVS semantic stage (paper §3, App. A.3): distil CLIP (+ RDA) and DINO (FDA) into the field.
+
+Schedule (App. A.3 and the official code): density is frozen throughout. Until ``joint_start`` the whole
+RGB field is frozen and only the CLIP-feature head and the Selection Volume train; from ``joint_start``
+the appearance grids, basis and RGB MLP join with their own learning rates (a fresh Adam, as the code
+does) and the RGB loss is added. Learning rates decay exponentially to ``lr_decay_ratio``.
+
+Per step: ``batch_size`` pixel rays of the CLIP views give the feature loss (Eq. 3) and RDA (Eq. 5–8);
+``n_patches`` random patches of DINO cells give FDA (Eq. 9–14). Every ray was marched once through the
+frozen density (:mod:`ovs3d.render.cached`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovs3d import losses as L
+from ovs3d.field.semantic import SemanticHeads
+from ovs3d.field.trained import TrainedField
+from ovs3d.foundation.features import clip_features, dino_features
+from ovs3d.io.scene import Scene
+from ovs3d.methods.base import SemanticMethod, semantic_checkpoint
+from ovs3d.methods.targets import normalized_clip_targets, patch_indices
+from ovs3d.methods.threedovs.config import SemanticConfig, semantic_config_from_dict
+from ovs3d.render.cached import RaySamples, render_semantic_samples, top_samples, view_pixel_samples, view_token_samples
+from ovs3d.utils.files import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SemanticData:
+    """Everything a semantic training step reads.
+
+    Attributes:
+        pixels: samples of the CLIP views' pixel rays ``R_p``.
+        clip_targets: ``[R_p, S, D]`` float16 per-scale normalised pixel CLIP features.
+        relevancy: ``[R_p, S, C]`` per-scale relevancies, min–max normalised per view, scale and class.
+        rgb: ``[R_p, 3]`` pixel colours (joint phase).
+        cells: samples of the DINO-cell rays of all training views ``R_d``.
+        dino: ``[R_d, Dd]`` DINO features of those cells.
+        cell_grid: ``(n_views, h, w)`` of the DINO cells.
+        text: ``[C, D]`` normalised class text features.
+        scale_prior: ``[R_p]`` int64 preferred scale of each pixel ray (``selection_prior="dino"``), else None.
+        ray_weights: ``[R_p]`` sampling weights of the pixel rays (``ray_sampling="balanced"``), else None.
+        view_ids: the views of the pixel rays, in order (``h * w`` rays each, row-major).
+        view_size: ``(w, h)`` of those views at the semantic resolution.
+    """
+
+    pixels: RaySamples
+    clip_targets: Tensor
+    relevancy: Tensor
+    rgb: Tensor
+    cells: RaySamples
+    dino: Tensor
+    cell_grid: tuple[int, int, int]
+    text: Tensor
+    scale_prior: Tensor | None = None
+    ray_weights: Tensor | None = None
+    view_ids: tuple[int, ...] = ()
+    view_size: tuple[int, int] = (0, 0)
+
+
+def pseudo_classes(relevancy: Tensor, scale_prior: Tensor | None = None) -> Tensor:
+    """``[R]`` argmax class of each ray's normalised relevancy ``[R, S, C]``, at its preferred scale
+    (``scale_prior`` ``[R]``) or averaged over the scales."""
+    if scale_prior is not None:
+        rel = relevancy.gather(1, scale_prior[:, None, None].expand(-1, 1, relevancy.shape[-1]))[:, 0]
+    else:
+        rel = relevancy.float().mean(1)
+    return rel.argmax(-1)
+
+
+def class_balanced_weights(classes: Tensor, n_classes: int, power: float = 1.0) -> Tensor:
+    """``[R]`` float32 weights ``n^-power`` with ``n`` the number of rays of each ray's class ``[R]``
+    (``power=1``: every class gets the same share of the draws; 0: uniform)."""
+    counts = torch.bincount(classes, minlength=n_classes).float()
+    return counts.clamp_min(1).pow(-power)[classes]
+
+
+def balanced_ray_weights(
+    relevancy: torch.Tensor, scale_prior: torch.Tensor | None = None, power: float = 1.0
+) -> torch.Tensor:
+    """Sampling weights that rebalance the pixel rays by pseudo-class.
+
+    A ray's pseudo-class is the argmax of its view's normalised relevancy ``R̄_s`` at its preferred scale
+    (``scale_prior``), or averaged over the scales without one; its weight is ``n^-power`` with ``n`` the
+    number of rays of that pseudo-class (``power=1``: every pseudo-class gets the same share).
+
+    Args:
+        relevancy: ``[R, S, C]`` per-scale normalised relevancies.
+        scale_prior: ``[R]`` preferred scale of each ray, or None.
+        power: the exponent (0 = uniform).
+
+    Returns:
+        ``[R]`` float32 weights (any scale; for :func:`torch.multinomial`).
+    """
+    return class_balanced_weights(pseudo_classes(relevancy, scale_prior), relevancy.shape[-1], power)
+
+
+def needs_dino(scfg) -> bool:
+    """Whether the semantic stage reads DINO features (FDA, or the DINO scale prior of the selection)."""
+    return scfg.use_fda or scfg.selection_prior == "dino"
+
+
+def _dino_scale_prior(scene: Scene, fcfg, scfg, dfeats, dino, views: list[int], clip_views) -> Tensor:
+    """``[R_p]`` preferred scale of every pixel ray of the CLIP views, from their DINO features."""
+    from ovs3d.foundation.pixel_clip import patch_sizes
+    from ovs3d.methods.threedovs.scale_prior import pixel_scale_prior
+
+    w, h = scene.image_size(fcfg.semantic_downscale)
+    patches = [p for p, _ in patch_sizes(h, w, fcfg.pixel_clip)]
+    prior = torch.cat(
+        [
+            pixel_scale_prior(
+                torch.from_numpy(np.array(dfeats[views.index(v)], dtype=np.float32)),
+                (w, h),
+                fcfg.semantic_downscale,
+                fcfg.dino_downscale,
+                dino.stride,
+                patches,
+                scfg.fda_shift,
+                scfg.selection_purity,
+            )
+            for v in clip_views
+        ]
+    )
+    shares = prior.bincount(minlength=len(patches)) / len(prior)
+    logger.info("DINO scale prior: share of pixels per scale (largest first) %s", shares.tolist())
+    return prior
+
+
+def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: list[int]) -> SemanticData:
+    """Features (cached), text embeddings, relevancy targets and the marched samples of every training ray.
+
+    Args:
+        scene: the scene.
+        trained: the reconstructed field (its frozen density places the samples).
+        cfg: the run's fit config (``features``, ``semantic``, ``cache_dir``).
+        clip: CLIP backend.
+        dino: DINO backend (None when the config reads no DINO).
+        views: training views.
+    """
+    fcfg, scfg = cfg.features, cfg.semantic
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else None
+    feats = clip_features(scene, clip, views, fcfg, cache_root)
+    text = F.normalize(clip.encode_text(list(scene.classes)).float(), dim=-1)  # [C, D]
+    targets, rels, rgbs = [], [], []
+    for j, v in enumerate(feats.view_ids):
+        t = normalized_clip_targets(feats[j])  # [h*w, S, D] float16
+        rel = L.segmentation_logits(t.float(), text)  # [h*w, S, C]
+        rels.append(L.minmax_normalize(rel[None], dims=(1,))[0])  # per view, scale, class
+        targets.append(t)
+        rgbs.append(torch.from_numpy(scene.load_image(v, fcfg.semantic_downscale)).reshape(-1, 3))
+    k = scfg.samples_per_ray
+    pixels = view_pixel_samples(trained, scene, list(feats.view_ids), fcfg.semantic_downscale, k)
+    dfeats = dino_features(scene, dino, views, fcfg, cache_root) if needs_dino(scfg) else None
+    scale_prior = None
+    if scfg.selection_prior == "dino":
+        scale_prior = _dino_scale_prior(scene, fcfg, scfg, dfeats, dino, views, feats.view_ids)
+    relevancy = torch.cat(rels)  # [R_p, S, C]
+    ray_weights = None
+    if scfg.ray_sampling == "balanced":
+        ray_weights = balanced_ray_weights(relevancy, scale_prior, scfg.ray_balance_power)
+    if scfg.use_fda:
+        dino_t = torch.cat(
+            [
+                torch.from_numpy(np.array(dfeats[j], dtype=np.float32)).reshape(-1, dfeats[j].shape[-1])
+                for j in range(len(dfeats))
+            ]
+        ).to(torch.float16)
+        gh, gw = dfeats[0].shape[:2]
+        cells = view_token_samples(trained, scene, views, fcfg.dino_downscale, dino.stride, k)
+        assert len(cells) == dino_t.shape[0], (len(cells), dino_t.shape)
+        cell_grid = (len(views), gh, gw)
+    else:
+        empty = pixels.index(torch.zeros(0, dtype=torch.long))
+        cells, dino_t, cell_grid = empty, torch.zeros(0, 1), (0, 0, 0)
+    captured = float(pixels.captured.mean())
+    logger.info("kept %d samples per ray, %.1f%% of the compositing weight", k, 100 * captured)
+    return SemanticData(
+        pixels=pixels,
+        clip_targets=torch.cat(targets),
+        relevancy=relevancy,
+        rgb=torch.cat(rgbs),
+        cells=cells,
+        dino=dino_t,
+        cell_grid=cell_grid,
+        text=text,
+        scale_prior=scale_prior,
+        ray_weights=ray_weights,
+        view_ids=tuple(int(v) for v in feats.view_ids),
+        view_size=scene.image_size(fcfg.semantic_downscale),
+    )
+
+
+def build_heads(trained: TrainedField, cfg: SemanticConfig, feature_dim: int, n_scales: int) -> SemanticHeads:
+    """Fresh semantic heads sized for ``trained``."""
+    return SemanticHeads(
+        trained.field.aabb.cpu(),
+        trained.field.grid_resolution,
+        trained.config.app_dim,
+        feature_dim,
+        n_scales,
+        cfg.mlp_width,
+        cfg.select_components,
+        cfg.feature_activation,
+        seed=cfg.seed,
+        semantic_components=cfg.semantic_components,
+    )
+
+
+def set_trainable(trained: TrainedField, joint: bool) -> None:
+    """Freeze the field; in the joint phase unfreeze its appearance grids, basis and RGB MLP."""
+    f = trained.field
+    for p in f.parameters():
+        p.requires_grad_(False)
+    if joint:
+        for p in [*f.app_planes, *f.app_lines, *f.basis_mat.parameters(), *f.rgb_mlp.parameters()]:
+            p.requires_grad_(True)
+
+
+class ThreeDOVS(SemanticMethod):
+    """3D-OVS: CLIP feature distillation with a Selection Volume, RDA and FDA (``--method 3dovs``).
+
+    Args:
+        trained: the reconstructed field.
+        cfg: the stage's settings.
+        text: ``[C, D]`` label text features.
+        device: torch device.
+        feature_dim: CLIP dimension ``D``.
+        n_scales: CLIP scales ``S``.
+        data: training targets (None when loaded for use only).
+    """
+
+    name = "3dovs"
+    config_type = SemanticConfig
+
+    def __init__(
+        self,
+        trained: TrainedField,
+        cfg: SemanticConfig,
+        text: Tensor,
+        device,
+        feature_dim: int,
+        n_scales: int,
+        data: SemanticData | None = None,
+    ) -> None:
+        super().__init__(trained, cfg, text, device)
+        self.feature_dim, self.n_scales = feature_dim, n_scales
+        self.heads = build_heads(trained, cfg, feature_dim, n_scales).to(device)
+        self.data = data
+
+    @classmethod
+    def config_from_dict(cls, data: dict) -> SemanticConfig:
+        return semantic_config_from_dict(data)
+
+    @classmethod
+    def needs(cls, cfg: SemanticConfig) -> set[str]:
+        return {"clip", "dino"} if needs_dino(cfg) else {"clip"}
+
+    @classmethod
+    def prepare(cls, scene, trained, fit_cfg, backends, device) -> ThreeDOVS:
+        views = scene.train_views(fit_cfg.holdout)
+        data = prepare_data(scene, trained, fit_cfg, backends["clip"], backends.get("dino"), views)
+        return cls.from_data(trained, fit_cfg.semantic, data, device)
+
+    @classmethod
+    def from_data(cls, trained: TrainedField, cfg: SemanticConfig, data: SemanticData, device="cpu") -> ThreeDOVS:
+        """A method ready to train on prepared ``data``."""
+        n_scales, dim = data.clip_targets.shape[1], data.clip_targets.shape[2]
+        return cls(trained, cfg, data.text, device, dim, n_scales, data)
+
+    # -- the loop's Stage ------------------------------------------------------------------------------
+
+    def phase(self, step: int) -> int:
+        """0 until ``joint_start``, then 1 (appearance and RGB join)."""
+        return int(step >= self.cfg.joint_start)
+
+    def enter_phase(self, phase: int) -> list[dict[str, Any]]:
+        cfg, f = self.cfg, self.trained.field
+        set_trainable(self.trained, bool(phase))
+        groups = [
+            {"params": self.heads.grid_parameters(), "lr": cfg.lr_grid},
+            {"params": self.heads.network_parameters(), "lr": cfg.lr_net},
+        ]
+        if phase:
+            groups += [
+                {"params": [*f.app_planes, *f.app_lines], "lr": cfg.lr_app_joint},
+                {"params": [*f.basis_mat.parameters(), *f.rgb_mlp.parameters()], "lr": cfg.lr_rgb_joint},
+            ]
+        return groups
+
+    def lr_factor(self, step: int) -> float:
+        return self.cfg.lr_decay_ratio ** (step / self.cfg.n_iters)
+
+    def draw_rays(self, generator: torch.Generator) -> Tensor:
+        """``[B]`` indices of this step's pixel rays (balanced or uniform draws)."""
+        data, cfg = self.data, self.cfg
+        if data.ray_weights is not None:
+            return torch.multinomial(data.ray_weights, cfg.batch_size, replacement=True, generator=generator)
+        return torch.randint(0, len(data.pixels), (cfg.batch_size,), generator=generator)
+
+    def method_losses(
+        self, out: dict[str, Tensor], selection: Tensor, idx: Tensor, step: int, generator: torch.Generator
+    ) -> dict[str, tuple[float, Tensor]]:
+        """This method's terms on the pixel batch: name -> (weight, loss). 3D-OVS: the DINO scale prior
+        (optional) and RDA (Eq. 5–8)."""
+        cfg, data, terms = self.cfg, self.data, {}
+        if data.scale_prior is not None and cfg.selection_prior_weight > 0:
+            preferred = data.scale_prior[idx].to(self.device)
+            loss_sel = -torch.log(selection.gather(1, preferred[:, None]).clamp_min(1e-12)).mean()
+            terms["sel"] = (cfg.selection_prior_weight, loss_sel)
+        if cfg.use_rda and cfg.rda_weight > 0:
+            logits = L.segmentation_logits(out["features"], self.text, normalize=cfg.rda_mode == "paper")
+            rda_selection = selection.detach() if cfg.rda_detach_selection else selection
+            rel = L.relevancy_targets(data.relevancy[idx].to(self.device), rda_selection)
+            loss_rda = L.rda_loss(logits, rel, mode=cfg.rda_mode, temperature=cfg.rda_temperature)
+            terms["rda"] = (cfg.rda_weight, loss_rda)
+        return terms
+
+    def fda_loss(self, generator: torch.Generator) -> Tensor:
+        """FDA (Eq. 9–14) on ``n_patches`` random patches of DINO cells."""
+        cfg, data = self.cfg, self.data
+        n_views, gh, gw = data.cell_grid
+        pidx = patch_indices(n_views, gh, gw, cfg.patch_cells, cfg.n_patches, generator)  # [B_p, P]
+        cells = data.cells.index(pidx.reshape(-1)).to(self.device)
+        feats = render_semantic_samples(self.trained, self.heads, cells, with_select=False, with_rgb=False)["features"]
+        logits = L.segmentation_logits(feats, self.text).reshape(pidx.shape[0], pidx.shape[1], -1)
+        dino = data.dino[pidx.reshape(-1)].to(self.device).float().reshape(pidx.shape[0], pidx.shape[1], -1)
+        loss = L.fda_loss(
+            logits,
+            dino,
+            tau=cfg.fda_tau,
+            shift=cfg.fda_shift,
+            w_pos=cfg.fda_w_pos,
+            w_neg=cfg.fda_w_neg,
+            divergence=cfg.fda_divergence,
+            rebalance=cfg.fda_rebalance,
+        )
+        # Without rebalancing (Table 2) the plain correlation loss of Eq. 12 has no weights of its own: it is
+        # scaled by lambda_pos, so that both pair kinds weigh as the similar pairs do with rebalancing.
+        return loss if cfg.fda_rebalance else cfg.fda_w_pos * loss
+
+    def loss(self, step: int, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """One step's total loss and its parts: Eq. 3, this method's terms, Eq. 14, RGB in the joint phase."""
+        cfg, data = self.cfg, self.data
+        joint = step >= cfg.joint_start
+        idx = self.draw_rays(generator)
+        batch = data.pixels.index(idx).to(self.device)
+        out = render_semantic_samples(self.trained, self.heads, batch, with_select=True, with_rgb=joint)
+        selection = L.selection_softmax(out["select_raw"])  # [B, S]
+        target = L.selected_features(data.clip_targets[idx].to(self.device).float(), selection)
+        loss = L.feature_loss(out["features"], target)
+        parts = {"feat": loss.detach()}
+        for name, (weight, term) in self.method_losses(out, selection, idx, step, generator).items():
+            loss = loss + weight * term
+            parts[name] = term.detach()
+        if cfg.use_fda:
+            loss_fda = self.fda_loss(generator)
+            loss = loss + loss_fda
+            parts["fda"] = loss_fda.detach()
+        if joint and cfg.rgb_weight > 0:
+            loss_rgb = torch.mean((out["rgb"] - data.rgb[idx].to(self.device)) ** 2)
+            loss = loss + cfg.rgb_weight * loss_rgb
+            parts["rgb"] = loss_rgb.detach()
+        return loss, parts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "heads": self.heads.state_dict(),
+            "field": self.trained.field.state_dict(),
+            "text": self.text.cpu(),
+            "feature_dim": self.feature_dim,
+            "n_scales": self.n_scales,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.heads.load_state_dict(state["heads"])
+        self.trained.field.load_state_dict(state["field"])
+
+    def freeze(self) -> None:
+        set_trainable(self.trained, False)
+        for p in self.heads.parameters():
+            p.requires_grad_(False)
+        self.heads.eval()
+
+    # -- use -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, trained: TrainedField, run: Path, device) -> ThreeDOVS:
+        payload = load_checkpoint(semantic_checkpoint(run), kind="semantic")
+        cfg = cls.config_from_dict(payload["config"])
+        state = payload["state"]
+        # Checkpoints written before these keys existed: the text features have the CLIP dimension.
+        n_scales = int(state.get("n_scales", state["heads"]["select_basis.weight"].shape[0]))
+        dim = int(state.get("feature_dim", state["text"].shape[-1]))
+        method = cls(trained, cfg, state["text"], device, dim, n_scales)
+        method.heads.load_state_dict(state["heads"])
+        trained.field.load_state_dict(state["field"])
+        method.load_extra_state(state)
+        method.freeze()
+        return method
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Method-specific state of a loaded checkpoint (none for 3D-OVS)."""
+
+    @torch.no_grad()
+    def render_rays(self, rays_o: Tensor, rays_d: Tensor, near: float, chunk: int = 4096) -> dict[str, Tensor]:
+        """Features ``[R, D]``, selection ``[R, S]`` (softmaxed), colour ``[R, 3]``, depth ``[R]`` (expected ray
+        parameter) and opacity ``[R]`` of rays, each ray marched once; on the CPU."""
+        outs: dict[str, list] = {"features": [], "selection": [], "rgb": [], "depth": [], "acc": []}
+        for i in range(0, rays_o.shape[0], chunk):
+            s = top_samples(self.trained, rays_o[i : i + chunk], rays_d[i : i + chunk], near, self.cfg.samples_per_ray)
+            s = s.to(self.trained.device)
+            o = render_semantic_samples(self.trained, self.heads, s, with_select=True, with_rgb=True)
+            outs["features"].append(o["features"].cpu())
+            outs["selection"].append(L.selection_softmax(o["select_raw"]).cpu())
+            outs["rgb"].append(o["rgb"].clamp(0, 1).cpu())
+            outs["depth"].append(s.depth.cpu())
+            outs["acc"].append(s.weights.sum(1).cpu())
+        return {k: torch.cat(v) for k, v in outs.items()}

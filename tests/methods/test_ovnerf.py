@@ -1,0 +1,150 @@
+"""OV-NeRF's stage: RSR targets, CSE updates, novel views, and a tiny end-to-end fit."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovs3d.io.loader import load_scene
+from ovs3d.methods.ovnerf.config import OVNeRFConfig
+from ovs3d.methods.ovnerf.method import OVNeRF, masked_cross_entropy, novel_poses, void_balanced_weights
+from ovs3d.methods.ovnerf.rsr import region_vote
+from ovs3d.methods.reconstruction import ReconstructionConfig, train_reconstruction
+from ovs3d.methods.threedovs.method import SemanticData
+from ovs3d.render.cached import render_semantic_samples, top_samples
+from ovs3d.render.scene_rays import ray_near, view_rays
+
+
+def _method(scene_dir, tmp_path, **cfg_overrides) -> OVNeRF:
+    scene = load_scene(scene_dir)
+    recon = ReconstructionConfig(
+        n_iters=20, batch_size=512, init_voxels=16**3, final_voxels=20**3, upsample_iters=(10,), occupancy_iters=()
+    )
+    trained = train_reconstruction(scene, tmp_path / "r", recon, scene.train_views(False))
+    ds = 4.0  # 16 x 12 rays per view
+    views = [0, 1]
+    samples = [top_samples(trained, *view_rays(scene, v, ds), ray_near(scene), k=4) for v in views]
+    pixels = type(samples[0]).cat(samples)
+    n, n_cls = len(pixels), len(scene.classes)
+    g = torch.Generator().manual_seed(0)
+    data = SemanticData(
+        pixels=pixels,
+        clip_targets=F.normalize(torch.randn(n, 2, 16, generator=g), dim=-1).half(),
+        relevancy=torch.rand(n, 2, n_cls, generator=g),
+        rgb=torch.rand(n, 3, generator=g),
+        cells=pixels.index(torch.zeros(0, dtype=torch.long)),
+        dino=torch.zeros(0, 1),
+        cell_grid=(0, 0, 0),
+        text=F.normalize(torch.randn(n_cls, 16, generator=g), dim=-1),
+        view_ids=tuple(views),
+        view_size=scene.image_size(ds),
+    )
+    cfg = OVNeRFConfig(
+        n_iters=10, joint_start=5, batch_size=64, use_fda=False, cse_start=4, cse_every=2, **cfg_overrides
+    )
+    method = OVNeRF.from_data(trained, cfg, data)
+    w, h = data.view_size
+    # two masks per view: the left half and a small square inside it (the smaller one wins there)
+    left = torch.zeros(h, w, dtype=torch.bool)
+    left[:, : w // 2] = True
+    square = torch.zeros(h, w, dtype=torch.bool)
+    square[2:6, 2:6] = True
+    method.proposals = [torch.stack([left, square]).numpy()] * len(views)
+    method.scene = scene
+    method.labels = method.initial_labels(data)
+    return method
+
+
+def test_initial_targets_are_rsr_of_the_2d_class_maps(tiny_scene_dir, tmp_path):
+    m = _method(tiny_scene_dir, tmp_path)
+    w, h = m.data.view_size
+    raw = m.data.relevancy.float().mean(1).argmax(-1)
+    for j in range(2):
+        rows = slice(j * h * w, (j + 1) * h * w)
+        expected = region_vote(raw[rows].reshape(h, w), m.proposals[j], "ignore").reshape(-1)
+        assert torch.equal(m.labels[rows], expected)
+    # the right half is in no mask: ignored
+    assert (m.labels.reshape(2, h, w)[:, :, w // 2 :] == -1).all()
+
+
+def test_cse_replaces_targets_with_rsr_of_the_render(tiny_scene_dir, tmp_path):
+    m = _method(tiny_scene_dir, tmp_path, rsr_uncovered="keep")
+    before = m.labels.clone()
+    with torch.no_grad():  # scramble the heads so the render disagrees with the 2D maps
+        for p in m.heads.feature_mlp.parameters():
+            p.add_(torch.randn_like(p))
+    m.update_targets(4)
+    w, h = m.data.view_size
+    with torch.no_grad():
+        feats = render_semantic_samples(m.trained, m.heads, m.data.pixels, with_select=False, with_rgb=False)
+    rendered = F.normalize(feats["features"], dim=-1) @ m.query_text.T
+    for j in range(2):
+        rows = slice(j * h * w, (j + 1) * h * w)
+        expected = region_vote(rendered[rows].argmax(-1).reshape(h, w), m.proposals[j], "keep").reshape(-1)
+        assert torch.equal(m.labels[rows], expected)
+    assert not torch.equal(before, m.labels)
+    assert m.stats["cse_updates"][-1]["step"] == 4
+
+
+def test_novel_views_looking_into_nothing_are_skipped(tiny_scene_dir, tmp_path, caplog):
+    m = _method(tiny_scene_dir, tmp_path, cse_novel_views=2, cse_min_opacity=1.5)  # no render is that opaque
+    m._novel_c2w = novel_poses(m.scene, [0, 1, 2], m.cfg)
+    assert m._novel_c2w.shape == (2, 3, 4)
+    with caplog.at_level(logging.WARNING):
+        m.update_targets(4)
+    assert "novel views are off" in caplog.text
+    assert (m.novel_labels == -1).all()
+    assert m._novel_batch(torch.Generator().manual_seed(0)) is None
+    loss, parts = m.loss(6, torch.Generator().manual_seed(0))  # after T: still no novel term, no crash
+    assert "novel" not in parts and torch.isfinite(loss)
+
+
+def test_novel_views_that_see_the_scene_give_a_loss(tiny_scene_dir, tmp_path):
+    m = _method(tiny_scene_dir, tmp_path, cse_novel_views=2, cse_min_opacity=0.0, use_rsr=False)
+    m._novel_c2w = novel_poses(m.scene, [0, 1, 2], m.cfg)
+    m.update_targets(4)
+    assert (m.novel_labels >= 0).all()
+    loss, parts = m.loss(6, torch.Generator().manual_seed(0))
+    assert "novel" in parts and "rsr" in parts and torch.isfinite(loss)
+    loss.backward()
+    assert m.heads.feature_mlp[0].weight.grad is not None
+
+
+def test_masked_cross_entropy_ignores_void_and_balanced_weights_bucket_it():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]])
+    labels = torch.tensor([0, -1, 1])
+    expected = F.cross_entropy(logits[[0, 2]], labels[[0, 2]])
+    assert torch.allclose(masked_cross_entropy(logits, labels), expected)
+    assert masked_cross_entropy(logits, torch.full((3,), -1)) == 0
+    w = void_balanced_weights(torch.tensor([0, 0, 1, -1, -1, -1]), 2, 1.0)
+    assert torch.allclose(w, torch.tensor([0.5, 0.5, 1.0, 1 / 3, 1 / 3, 1 / 3]))
+
+
+@pytest.mark.slow
+def test_tiny_ovnerf_fit_beats_the_normalised_2d_baseline(small_scene_dir, tmp_path, short_fit_settings):
+    from ovs3d.eval.baseline import run_baseline
+    from ovs3d.run import FitConfig, evaluate, fit
+
+    s = short_fit_settings["semantic"]
+    semantic = OVNeRFConfig(
+        n_iters=s.n_iters, joint_start=s.joint_start, batch_size=s.batch_size, patch_cells=s.patch_cells,
+        checkpoint_every=s.checkpoint_every, cse_start=130, cse_every=20, cse_novel_views=2,
+    )  # fmt: skip
+    features = short_fit_settings["features"]
+    cfg = FitConfig(
+        scene=small_scene_dir,
+        out=tmp_path / "run",
+        method="ovnerf",
+        recon=short_fit_settings["recon"],
+        semantic=semantic,
+        features=features,
+        cache_dir=tmp_path / "cache",
+    )
+    fit(cfg)
+    metrics = evaluate(tmp_path / "run")
+    ovnerf_protocol = evaluate(tmp_path / "run", protocol="ovnerf")
+    base = run_baseline(small_scene_dir, tmp_path / "b", cfg=features, cache_dir=tmp_path / "cache", normalize=True)
+    assert metrics["miou"] > base["miou"], (metrics["miou"], base["miou"])
+    assert ovnerf_protocol["protocol"] == "ovnerf" and metrics["protocol"] == "3dovs"
+    assert ovnerf_protocol["miou"] >= metrics["miou"] - 1e-9  # every label is in every view here: no skips
