@@ -233,6 +233,10 @@ def normalize_bounded(
         depth = np.median(np.einsum("ij,ij->i", focus - origins, dirs))
         dist = np.median(np.linalg.norm(focus - origins, axis=1))
         outside_in = bool(dist > 0 and depth > 0.5 * dist)
+        if near_far is not None:
+            # Cameras that turn around inside a room have a least-squares "focus" a few cm from them, which
+            # can pass the test above by chance; what they look at is never nearer than their near bounds.
+            outside_in = outside_in and bool(depth > np.median(np.asarray(near_far)[:, 0]))
     if outside_in:
         center = focus
         radius = float(np.linalg.norm(origins - center, axis=1).max())

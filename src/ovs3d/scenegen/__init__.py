@@ -1,6 +1,7 @@
 """Procedural synthetic scenes in the SPEC §1 layout (for demos, tests and benchmarks)."""
 
 from ovs3d.scenegen.presets import PRESETS, make_scene
+from ovs3d.scenegen.room import RoomConfig, make_room
 from ovs3d.scenegen.tabletop import TabletopConfig, make_tabletop
 
-__all__ = ["PRESETS", "TabletopConfig", "make_scene", "make_tabletop"]
+__all__ = ["PRESETS", "RoomConfig", "TabletopConfig", "make_room", "make_scene", "make_tabletop"]

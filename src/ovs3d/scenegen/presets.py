@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ovs3d.errors import OVS3DError
+from ovs3d.scenegen.room import RoomConfig, make_room
 from ovs3d.scenegen.tabletop import TabletopConfig, make_tabletop
 
-PRESETS: dict[str, type] = {"tabletop": TabletopConfig}
+PRESETS: dict[str, type] = {"tabletop": TabletopConfig, "room": RoomConfig}
 """Preset name to configuration class."""
 
-_GENERATORS: dict[str, Callable[[Any, Path], Path]] = {"tabletop": make_tabletop}
+_GENERATORS: dict[str, Callable[[Any, Path], Path]] = {"tabletop": make_tabletop, "room": make_room}
 
 
 def make_scene(preset: str, seed: int, out: Path, **overrides: Any) -> Path:
