@@ -231,3 +231,64 @@ def test_fda_term_is_eq14_or_eq12_by_the_rebalance_switch(tiny_scene_dir, tmp_pa
     else:
         expected = 20.0 * L.fda_loss(logits, dino, rebalance=False)
     torch.testing.assert_close(got.detach(), expected.detach())
+
+
+def _method_on_random_targets(scene_dir, tmp_path, **cfg):
+    import torch.nn.functional as F
+
+    from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS
+
+    scene = load_scene(scene_dir)
+    trained = _trained(scene, tmp_path)
+    o, d = view_rays(scene, 0, 4.0)  # 16 x 12 rays
+    s = top_samples(trained, o, d, ray_near(scene), k=4)
+    g = torch.Generator().manual_seed(0)
+    n = len(s)
+    data = SemanticData(
+        pixels=s,
+        clip_targets=F.normalize(torch.randn(n, 3, 16, generator=g), dim=-1).half(),
+        relevancy=torch.rand(n, 3, 5, generator=g),
+        rgb=torch.rand(n, 3, generator=g),
+        cells=s,
+        dino=torch.randn(n, 8, generator=g).half(),
+        cell_grid=(1, 12, 16),
+        text=F.normalize(torch.randn(5, 16, generator=g), dim=-1),
+        scale_prior=torch.randint(0, 3, (n,), generator=g),
+    )
+    base = {"n_iters": 4, "joint_start": 2, "batch_size": 32, "patch_cells": 4, "n_patches": 2}
+    return ThreeDOVS.from_data(trained, SemanticConfig(**{**base, **cfg}), data)
+
+
+@pytest.mark.parametrize(
+    ("settings", "first_phase", "joint_phase"),
+    [
+        ({}, {"feat", "rda", "fda"}, {"feat", "rda", "fda", "rgb"}),
+        ({"use_rda": False, "use_fda": False}, {"feat"}, {"feat", "rgb"}),
+        ({"selection_prior": "dino", "rgb_weight": 0.0}, {"feat", "sel", "rda", "fda"}, {"feat", "sel", "rda", "fda"}),
+    ],
+)
+def test_the_loss_set_follows_the_settings_and_the_phase(tiny_scene_dir, tmp_path, settings, first_phase, joint_phase):
+    m = _method_on_random_targets(tiny_scene_dir, tmp_path, **settings)
+    if settings.get("selection_prior") != "dino":
+        m.data.scale_prior = None
+    g = torch.Generator().manual_seed(0)
+    loss0, parts0 = m.loss(0, g)
+    loss1, parts1 = m.loss(2, g)  # joint_start
+    assert set(parts0) == first_phase and set(parts1) == joint_phase
+    assert torch.isfinite(loss0) and torch.isfinite(loss1)
+
+
+def test_the_phase_switch_unfreezes_the_appearance_only_in_the_joint_phase(tiny_scene_dir, tmp_path):
+    m = _method_on_random_targets(tiny_scene_dir, tmp_path)
+    f = m.trained.field
+    appearance = {id(p) for p in [*f.app_planes, *f.app_lines, *f.basis_mat.parameters(), *f.rgb_mlp.parameters()]}
+    assert m.phase(1) == 0 and m.phase(2) == 1
+    groups0 = m.enter_phase(0)
+    trained0 = {id(p) for p in f.parameters() if p.requires_grad}
+    in_groups0 = {id(p) for g in groups0 for p in g["params"]}
+    assert not trained0 and not (in_groups0 & appearance)
+    groups1 = m.enter_phase(1)
+    trained1 = {id(p) for p in f.parameters() if p.requires_grad}
+    in_groups1 = {id(p) for g in groups1 for p in g["params"]}
+    assert trained1 == appearance and appearance <= in_groups1
+    assert not any(p.requires_grad for p in f.density_planes)  # density stays frozen

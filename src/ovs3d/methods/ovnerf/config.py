@@ -30,10 +30,15 @@ class OVNeRFConfig(SemanticConfig):
     False (ablation "w/o RSR"): the cross-entropy targets are the raw 2D class maps."""
     rsr_weight: float = 1.0
     """Weight of the cross-entropy against the RSR maps (reference: 1)."""
+    rsr_relevancy: Literal["scene", "view", "raw"] = "scene"
+    """Which relevancy the 2D class map RSR starts from is the argmax of: ``scene`` = the pixel CLIP cosines
+    min–max normalised per scale and label over all training views (ours); ``view`` = per view, scale and
+    label (3D-OVS Eq. 7, which assumes every label is in every view: in a room most are not, and each view
+    then stretches absent labels' relevancy to [0, 1]); ``raw`` = the cosines (CLIP's hub labels win).
+    ``scene`` was best on the validation scenes (bench/RESULTS.md §5)."""
     rsr_scales: Literal["mean", "max"] = "mean"
-    """How the three CLIP scales make the 2D class map RSR starts from: argmax of the mean (``mean``) or of
-    the maximum (``max``) over scales of the per-view min–max-normalised relevancy (3D-OVS Eq. 7). The
-    release does not say; ``mean`` is what our 3D-OVS pseudo-classes use."""
+    """How the three CLIP scales are combined before the argmax: their mean or their maximum. The release
+    does not say; ``mean`` is what our 3D-OVS pseudo-classes use."""
     rsr_uncovered: Literal["ignore", "keep"] = "ignore"
     """Pixels that no mask covers: ``ignore`` (no cross-entropy there) or ``keep`` (their raw 2D class). The
     code trains them towards a void class, which the closed-set labels here do not have."""

@@ -17,6 +17,7 @@ Everything else (schedule, phases, heads, FDA, rendering, prediction) is :class:
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,13 @@ class OVNeRF(ThreeDOVS):
 
             cache = Path(fit_cfg.cache_dir) if fit_cfg.cache_dir else None
             features = _masks_at_semantic_resolution(fit_cfg.features)
+            t0 = time.perf_counter()
             method.proposals = mask_proposals(scene, method.masks_backend, list(data.view_ids), features, cache)
+            method.stats["mask_seconds"] = round(time.perf_counter() - t0, 3)  # proposals (0 when cached)
+        t0 = time.perf_counter()
         method.labels = method.initial_labels(data)
+        method.stats["rsr_seconds"] = round(time.perf_counter() - t0, 3)  # region votes of every view
+        method.stats["rsr_void_share"] = round(float((method.labels < 0).float().mean()), 4)
         if cfg.ray_sampling == "balanced":
             data.ray_weights = void_balanced_weights(method.labels, len(scene.classes), cfg.ray_balance_power)
         if cfg.use_cse and cfg.cse_novel_views > 0:
@@ -131,8 +137,21 @@ class OVNeRF(ThreeDOVS):
 
     def initial_labels(self, data: SemanticData) -> Tensor:
         """``[R_p]`` RSR maps of the 2D class maps of every CLIP view (raw maps without RSR)."""
-        raw = class_map_from_relevancy(data.relevancy, self.cfg.rsr_scales)  # [R_p]
-        return self._rsr(raw)
+        return self._rsr(class_map_from_relevancy(self.relevancy_2d(data), self.cfg.rsr_scales))
+
+    def relevancy_2d(self, data: SemanticData, chunk: int = 65536) -> Tensor:
+        """``[R_p, S, C]`` the relevancy the 2D class maps come from (``rsr_relevancy``)."""
+        if self.cfg.rsr_relevancy == "view":
+            return data.relevancy
+        raw = torch.cat(
+            [
+                L.segmentation_logits(data.clip_targets[i : i + chunk].float(), data.text.cpu())
+                for i in range(0, len(data.clip_targets), chunk)
+            ]
+        )  # [R_p, S, C] cosines
+        if self.cfg.rsr_relevancy == "raw":
+            return raw
+        return L.minmax_normalize(raw[None], dims=(1,))[0]  # per scale and label over every view's pixels
 
     def _rsr(self, class_maps: Tensor) -> Tensor:
         """Region vote of ``[R_p]`` per-view class maps with each view's stored masks (identity without RSR)."""
@@ -224,6 +243,7 @@ class OVNeRF(ThreeDOVS):
         """One CSE update (Alg. 1): re-render the training views' targets and the novel views' targets."""
         if step >= self.n_iters:
             return
+        t0 = time.perf_counter()
         was_training = self.heads.training
         self.heads.eval()
         classes = self._render_classes(self.data.pixels, with_rgb=False)["classes"]
@@ -232,7 +252,9 @@ class OVNeRF(ThreeDOVS):
         self.labels = new
         kept = self._update_novel() if self._novel_c2w is not None and len(self._novel_c2w) else 0
         self.heads.train(was_training)
-        self.stats.setdefault("cse_updates", []).append({"step": step, "changed": changed, "novel_views": kept})
+        seconds = round(time.perf_counter() - t0, 2)
+        update = {"step": step, "changed": round(changed, 4), "novel_views": kept, "seconds": seconds}
+        self.stats.setdefault("cse_updates", []).append(update)
         logger.info("CSE at %d: %.1f%% of the training targets changed, %d novel views kept", step, 100 * changed, kept)
 
     def _update_novel(self) -> int:
