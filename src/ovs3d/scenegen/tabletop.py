@@ -39,8 +39,6 @@ Output
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +50,7 @@ from ovs3d.io.scene import scaled_size
 from ovs3d.scenegen import raycast as rc
 from ovs3d.scenegen.labels import OBJECTS, TABLES, WALLS, ObjectKind, SurfaceKind
 from ovs3d.scenegen.textures import Texture, albedo, make_texture
-from ovs3d.scenegen.writer import GENERATOR, check_destination, poses_bounds, scene_folder, write_png
+from ovs3d.scenegen.writer import check_destination, first_valid_layout, scene_folder, write_scene
 
 logger = logging.getLogger(__name__)
 
@@ -752,58 +750,12 @@ def build_tabletop(config: TabletopConfig) -> TabletopScene:
         OVS3DError: no valid layout within ``config.max_layout_tries`` sub-seeds.
     """
     config.validate()
-    problem = "no room on the table"
-    for attempt in range(config.max_layout_tries):
-        scene = _draw_scene(config, attempt)
-        if scene is None:
-            continue
-        problem = layout_problem(scene)
-        if problem is None:
-            if attempt:
-                logger.debug("tabletop seed %d: layout %d passed", config.seed, attempt)
-            return scene
-        logger.debug("tabletop seed %d: layout %d rejected: %s", config.seed, attempt, problem)
-    raise OVS3DError(
-        f"no valid tabletop layout for seed {config.seed} in {config.max_layout_tries} tries "
-        f"(last: {problem}); try another seed, a larger image or a smaller min_size_factor"
-    )
+    return first_valid_layout(config, _draw_scene, layout_problem, "tabletop")
 
 
 def write_tabletop(scene: TabletopScene, folder: Path) -> None:
     """Render every view of ``scene`` and write the SPEC §1 files into ``folder`` (which must be empty)."""
-    from ovs3d.utils.console import progress
-
-    cfg = scene.config
-    n = cfg.n_views
-    digits = max(2, len(str(n - 1)))
-    annotated = set(scene.annotated)
-    by_label: dict[str, list[int]] = {}
-    for iid, label in scene.labels.items():
-        by_label.setdefault(label, []).append(iid)
-    near_far = np.zeros((n, 2))
-    for view in progress(range(n), "rendering tabletop views"):
-        name = f"{view:0{digits}d}"
-        ids, depth = scene.render_ids(view)
-        near_far[view] = np.percentile(depth, 0.1), np.percentile(depth, 99.9)
-        write_png(folder / "images" / f"{name}.png", scene.render_rgb(view))
-        write_png(folder / "sim" / "instances" / f"{name}.png", ids)
-        if view in annotated:
-            for label, iids in by_label.items():
-                mask = np.isin(ids, iids).astype(np.uint8) * np.uint8(255)
-                write_png(folder / "segmentations" / name / f"{label}.png", mask)
-    np.save(folder / "poses_bounds.npy", poses_bounds(scene.c2w, cfg.height, cfg.width, scene.focal, near_far))
-    (folder / "segmentations").mkdir(parents=True, exist_ok=True)
-    (folder / "segmentations" / "classes.txt").write_text("\n".join(scene.classes) + "\n", encoding="utf-8")
-    meta = {
-        "labels": {str(k): v for k, v in sorted(scene.labels.items())},
-        "preset": "tabletop",
-        "seed": cfg.seed,
-        "sim": {},
-        "generator": GENERATOR,
-        "layout_attempt": scene.attempt,
-        "config": dataclasses.asdict(cfg),
-    }
-    (folder / "sim" / "instances.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_scene(scene, folder, "tabletop", lambda depth: (np.percentile(depth, 0.1), np.percentile(depth, 99.9)))
 
 
 def make_tabletop(config: TabletopConfig, out: Path) -> Path:

@@ -9,17 +9,22 @@ written by :mod:`ovs3d.scenegen` (recognised by ``sim/instances.json``); anythin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ovs3d.errors import OVS3DError
 from ovs3d.io.conventions import opencv_to_llff
+
+logger = logging.getLogger(__name__)
 
 GENERATOR = "ovs3d.scenegen"
 """Value of ``"generator"`` in ``sim/instances.json`` of the scenes written here."""
@@ -103,3 +108,82 @@ def poses_bounds(c2w: np.ndarray, height: int, width: int, focal: float, near_fa
     hwf = np.broadcast_to(np.array([height, width, focal], dtype=np.float64)[None, :, None], (n, 3, 1))
     poses = np.concatenate([llff, hwf], axis=2).reshape(n, 15)
     return np.concatenate([poses, np.asarray(near_far, dtype=np.float64)], axis=1)
+
+
+def first_valid_layout(config: Any, draw: Callable[[Any, int], Any], check: Callable[[Any], str | None], what: str):
+    """The first sub-seed's layout that passes ``check`` (shared by every preset).
+
+    Args:
+        config: the preset config (``seed``, ``max_layout_tries``).
+        draw: ``draw(config, attempt)`` -> a scene, or None when the attempt found no room for its objects.
+        check: ``check(scene)`` -> None if the layout is valid, else what is wrong.
+        what: the preset's name (messages).
+
+    Raises:
+        OVS3DError: no valid layout within ``config.max_layout_tries`` sub-seeds.
+    """
+    problem = f"no room for the {what}'s objects"
+    for attempt in range(config.max_layout_tries):
+        scene = draw(config, attempt)
+        if scene is None:
+            continue
+        problem = check(scene)
+        if problem is None:
+            if attempt:
+                logger.debug("%s seed %d: layout %d passed", what, config.seed, attempt)
+            return scene
+        logger.debug("%s seed %d: layout %d rejected: %s", what, config.seed, attempt, problem)
+    raise OVS3DError(
+        f"no valid {what} layout for seed {config.seed} in {config.max_layout_tries} tries "
+        f"(last: {problem}); try another seed, a larger image or a smaller min_size_factor"
+    )
+
+
+def write_scene(
+    scene: Any, folder: Path, preset: str, depth_bounds: Callable[[np.ndarray], tuple[float, float]]
+) -> None:
+    """Render every view of a generated scene and write the SPEC §1 files into ``folder`` (empty).
+
+    ``scene`` has ``config`` (``n_views``, ``width``, ``height``, ``seed``), ``annotated``, ``labels``
+    (instance id -> label), ``classes``, ``c2w``, ``focal``, ``attempt``, ``render_ids(view)`` -> (ids, depth)
+    and ``render_rgb(view)``. An annotated view gets a mask for every label (all black where it is absent).
+
+    Args:
+        scene: the scene.
+        folder: destination (a temporary folder of :func:`scene_folder`).
+        preset: preset name recorded in ``sim/instances.json``.
+        depth_bounds: the view's ``(near, far)`` from its ``[H, W]`` depth map.
+    """
+    from ovs3d.utils.console import progress
+
+    cfg = scene.config
+    n = cfg.n_views
+    digits = max(2, len(str(n - 1)))
+    annotated = set(scene.annotated)
+    by_label: dict[str, list[int]] = {}
+    for iid, label in scene.labels.items():
+        by_label.setdefault(label, []).append(iid)
+    near_far = np.zeros((n, 2))
+    for view in progress(range(n), f"rendering {preset} views"):
+        name = f"{view:0{digits}d}"
+        ids, depth = scene.render_ids(view)
+        near_far[view] = depth_bounds(depth)
+        write_png(folder / "images" / f"{name}.png", scene.render_rgb(view))
+        write_png(folder / "sim" / "instances" / f"{name}.png", ids)
+        if view in annotated:
+            for label, iids in by_label.items():
+                mask = np.isin(ids, iids).astype(np.uint8) * np.uint8(255)
+                write_png(folder / "segmentations" / name / f"{label}.png", mask)
+    np.save(folder / "poses_bounds.npy", poses_bounds(scene.c2w, cfg.height, cfg.width, scene.focal, near_far))
+    (folder / "segmentations").mkdir(parents=True, exist_ok=True)
+    (folder / "segmentations" / "classes.txt").write_text("\n".join(scene.classes) + "\n", encoding="utf-8")
+    meta = {
+        "labels": {str(k): v for k, v in sorted(scene.labels.items())},
+        "preset": preset,
+        "seed": cfg.seed,
+        "sim": {},
+        "generator": GENERATOR,
+        "layout_attempt": scene.attempt,
+        "config": dataclasses.asdict(cfg),
+    }
+    (folder / "sim" / "instances.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
