@@ -29,6 +29,33 @@ def _trained(scene, tmp_path):
     return train_reconstruction(scene, tmp_path / "r", cfg, scene.train_views(False))
 
 
+def _random_targets(scene_dir, tmp_path, **extra):
+    """A tiny trained field and random semantic targets on view 0's 16 x 12 rays (cells = the same rays)."""
+    import torch.nn.functional as F
+
+    from ovs3d.methods.threedovs.method import SemanticData
+
+    scene = load_scene(scene_dir)
+    trained = _trained(scene, tmp_path)
+    o, d = view_rays(scene, 0, 4.0)
+    s = top_samples(trained, o, d, ray_near(scene), k=4)
+    g = torch.Generator().manual_seed(0)
+    n = len(s)
+    data = SemanticData(
+        pixels=s,
+        clip_targets=F.normalize(torch.randn(n, 3, 16, generator=g), dim=-1).half(),
+        relevancy=torch.rand(n, 3, 5, generator=g),
+        rgb=torch.rand(n, 3, generator=g),
+        cells=s,
+        dino=torch.randn(n, 8, generator=g).half(),
+        cell_grid=(1, 12, 16),
+        text=F.normalize(torch.randn(5, 16, generator=g), dim=-1),
+    )
+    for key, make in extra.items():
+        setattr(data, key, make(n, g))
+    return trained, data
+
+
 def test_cached_samples_reproduce_full_rendering(tiny_scene_dir, tmp_path):
     scene = load_scene(tiny_scene_dir)
     trained = _trained(scene, tmp_path)
@@ -154,28 +181,10 @@ def test_semantic_resume_from_the_joint_start_matches_uninterrupted(tiny_scene_d
     """A checkpoint written at ``joint_start`` (the defaults have checkpoint_every == joint_start) resumes."""
     import copy
 
-    import torch.nn.functional as F
-
     from ovs3d.methods.base import train_method
-    from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS
+    from ovs3d.methods.threedovs.method import ThreeDOVS
 
-    scene = load_scene(tiny_scene_dir)
-    trained = _trained(scene, tmp_path)
-    o, d = view_rays(scene, 0, 4.0)  # 16 x 12 rays
-    s = top_samples(trained, o, d, ray_near(scene), k=4)
-    g = torch.Generator().manual_seed(0)
-    n = len(s)
-    data = SemanticData(
-        pixels=s,
-        clip_targets=F.normalize(torch.randn(n, 3, 16, generator=g), dim=-1).half(),
-        relevancy=torch.rand(n, 3, 5, generator=g),
-        rgb=torch.rand(n, 3, generator=g),
-        cells=s,
-        dino=torch.randn(n, 8, generator=g).half(),
-        cell_grid=(1, 12, 16),
-        text=F.normalize(torch.randn(5, 16, generator=g), dim=-1),
-        ray_weights=torch.rand(n, generator=g),
-    )
+    trained, data = _random_targets(tiny_scene_dir, tmp_path, ray_weights=lambda n, g: torch.rand(n, generator=g))
     cfg = SemanticConfig(n_iters=6, joint_start=3, checkpoint_every=3, batch_size=32, patch_cells=4, n_patches=2)
     full = train_method(ThreeDOVS.from_data(copy.deepcopy(trained), cfg, data), tmp_path / "full").heads
 
@@ -198,26 +207,10 @@ def test_semantic_resume_from_the_joint_start_matches_uninterrupted(tiny_scene_d
 @pytest.mark.parametrize("rebalance", [True, False])
 def test_fda_term_is_eq14_or_eq12_by_the_rebalance_switch(tiny_scene_dir, tmp_path, rebalance):
     """The "no rebalance" ablation goes through Eq. 12 (the plain correlation loss), not a reweighted Eq. 14."""
-    import torch.nn.functional as F
+    from ovs3d.methods.threedovs.method import ThreeDOVS
 
-    from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS
-
-    scene = load_scene(tiny_scene_dir)
-    trained = _trained(scene, tmp_path)
-    o, d = view_rays(scene, 0, 4.0)  # 16 x 12 rays
-    s = top_samples(trained, o, d, ray_near(scene), k=4)
-    g = torch.Generator().manual_seed(0)
-    n = len(s)
-    data = SemanticData(
-        pixels=s,
-        clip_targets=F.normalize(torch.randn(n, 3, 16, generator=g), dim=-1).half(),
-        relevancy=torch.rand(n, 3, 5, generator=g),
-        rgb=torch.rand(n, 3, generator=g),
-        cells=s,
-        dino=torch.randn(n, 8, generator=g).half(),
-        cell_grid=(1, 12, 16),
-        text=F.normalize(torch.randn(5, 16, generator=g), dim=-1),
-    )
+    trained, data = _random_targets(tiny_scene_dir, tmp_path)
+    s = data.pixels
     cfg = SemanticConfig(patch_cells=4, n_patches=2, fda_rebalance=rebalance, fda_w_pos=20.0, fda_w_neg=0.2)
     m = ThreeDOVS.from_data(trained, cfg, data)
     got = m.fda_loss(torch.Generator().manual_seed(1))
@@ -234,26 +227,10 @@ def test_fda_term_is_eq14_or_eq12_by_the_rebalance_switch(tiny_scene_dir, tmp_pa
 
 
 def _method_on_random_targets(scene_dir, tmp_path, **cfg):
-    import torch.nn.functional as F
+    from ovs3d.methods.threedovs.method import ThreeDOVS
 
-    from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS
-
-    scene = load_scene(scene_dir)
-    trained = _trained(scene, tmp_path)
-    o, d = view_rays(scene, 0, 4.0)  # 16 x 12 rays
-    s = top_samples(trained, o, d, ray_near(scene), k=4)
-    g = torch.Generator().manual_seed(0)
-    n = len(s)
-    data = SemanticData(
-        pixels=s,
-        clip_targets=F.normalize(torch.randn(n, 3, 16, generator=g), dim=-1).half(),
-        relevancy=torch.rand(n, 3, 5, generator=g),
-        rgb=torch.rand(n, 3, generator=g),
-        cells=s,
-        dino=torch.randn(n, 8, generator=g).half(),
-        cell_grid=(1, 12, 16),
-        text=F.normalize(torch.randn(5, 16, generator=g), dim=-1),
-        scale_prior=torch.randint(0, 3, (n,), generator=g),
+    trained, data = _random_targets(
+        scene_dir, tmp_path, scale_prior=lambda n, g: torch.randint(0, 3, (n,), generator=g)
     )
     base = {"n_iters": 4, "joint_start": 2, "batch_size": 32, "patch_cells": 4, "n_patches": 2}
     return ThreeDOVS.from_data(trained, SemanticConfig(**{**base, **cfg}), data)
