@@ -153,3 +153,18 @@ def test_tiny_ovnerf_fit_beats_the_2d_baseline(small_scene_dir, tmp_path, short_
     assert metrics["miou"] > base["miou"], (metrics["miou"], base["miou"])
     assert ovnerf_protocol["protocol"] == "ovnerf" and metrics["protocol"] == "3dovs"
     assert ovnerf_protocol["miou"] >= metrics["miou"] - 1e-9  # every label is in every view here: no skips
+
+
+def test_rsr_maps_are_cached_with_the_features(tiny_scene_dir, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ovs3d.foundation.features import FeatureConfig
+
+    m = _method(tiny_scene_dir, tmp_path)
+    fit_cfg = SimpleNamespace(features=FeatureConfig(), cache_dir=tmp_path / "cache")
+    backends = {"clip": SimpleNamespace(identity="clip-x"), "masks": SimpleNamespace(identity="masks-y")}
+    first = m.cached_initial_labels(m.scene, fit_cfg, backends)
+    assert torch.equal(first, m.initial_labels(m.data))
+    monkeypatch.setattr(OVNeRF, "initial_labels", lambda self, data: pytest.fail("recomputed a cached RSR map"))
+    assert torch.equal(m.cached_initial_labels(m.scene, fit_cfg, backends), first)
+    assert len(list((tmp_path / "cache" / "rsr").iterdir())) == 1

@@ -77,7 +77,8 @@ def select_views(views: list[int], fraction: float, seed: int = 0) -> list[int]:
     return sorted(views[i] for i in chosen)
 
 
-def _view_list(scene: Scene, views: list[int]) -> list[tuple[str, Path]]:
+def view_files(scene: Scene, views: list[int]) -> list[tuple[str, Path]]:
+    """``(image stem, image file)`` of each view: what a cache entry's key reads of its inputs."""
     return [(scene.stems[i], scene.image_paths[i]) for i in views]
 
 
@@ -122,7 +123,7 @@ def clip_features(
         "pixel_clip",
         clip.identity,
         settings,
-        _view_list(scene, chosen),
+        view_files(scene, chosen),
         compute,
         dtype=cfg.dtype,
         desc="pixel CLIP features",
@@ -158,7 +159,7 @@ def dino_features(
         return dino.dense_features(view).cpu().numpy()
 
     out = FeatureCache(cache_root or default_cache_root(scene)).get_or_compute(
-        "dino", dino.identity, settings, _view_list(scene, views), compute, cfg.dtype, "DINO features", verify
+        "dino", dino.identity, settings, view_files(scene, views), compute, cfg.dtype, "DINO features", verify
     )
     out.view_ids = views
     return out
@@ -252,7 +253,7 @@ def mask_proposals(
         "masks",
         masks.identity,
         settings,
-        _view_list(scene, views),
+        view_files(scene, views),
         compute,
         "uint8",
         "mask proposals",

@@ -126,8 +126,8 @@ class OVNeRF(ThreeDOVS):
             method.proposals = mask_proposals(scene, method.masks_backend, list(data.view_ids), features, cache)
             method.stats["mask_seconds"] = round(time.perf_counter() - t0, 3)  # proposals (0 when cached)
         t0 = time.perf_counter()
-        method.labels = method.initial_labels(data)
-        method.stats["rsr_seconds"] = round(time.perf_counter() - t0, 3)  # region votes of every view
+        method.labels = method.cached_initial_labels(scene, fit_cfg, backends)
+        method.stats["rsr_seconds"] = round(time.perf_counter() - t0, 3)  # 2D class maps + region votes
         method.stats["rsr_void_share"] = round(float((method.labels < 0).float().mean()), 4)
         if cfg.ray_sampling == "balanced":
             data.ray_weights = void_balanced_weights(method.labels, len(scene.classes), cfg.ray_balance_power)
@@ -138,6 +138,39 @@ class OVNeRF(ThreeDOVS):
     def initial_labels(self, data: SemanticData) -> Tensor:
         """``[R_p]`` RSR maps of the 2D class maps of every CLIP view (raw maps without RSR)."""
         return self._rsr(class_map_from_relevancy(self.relevancy_2d(data), self.cfg.rsr_scales))
+
+    def cached_initial_labels(self, scene: Scene, fit_cfg, backends: dict) -> Tensor:
+        """:meth:`initial_labels`, stored in the scene's feature cache beside the features and masks they come
+        from (int16 per view; the key holds the labels, the backends, the feature and RSR settings and the
+        view set, since the scene-level normalisation reads every view)."""
+        from dataclasses import asdict
+
+        from ovs3d.foundation.cache import FeatureCache
+        from ovs3d.foundation.features import default_cache_root, view_files
+
+        cfg, data = self.cfg, self.data
+        w, h = data.view_size
+        computed: dict[str, Tensor] = {}
+
+        def compute(j: int) -> np.ndarray:
+            if "labels" not in computed:
+                computed["labels"] = self.initial_labels(data)
+            return computed["labels"][j * h * w : (j + 1) * h * w].reshape(h, w).numpy().astype(np.int16)
+
+        masks = backends.get("masks")
+        identity = f"{backends['clip'].identity}+{masks.identity if masks is not None and cfg.use_rsr else 'none'}"
+        settings = {
+            "labels": list(scene.classes),
+            "size": [w, h],
+            "features": asdict(fit_cfg.features),
+            "rsr": {k: getattr(cfg, k) for k in ("use_rsr", "rsr_relevancy", "rsr_scales", "rsr_uncovered")},
+        }
+        root = Path(fit_cfg.cache_dir) if fit_cfg.cache_dir else default_cache_root(scene)
+        views = view_files(scene, list(data.view_ids))
+        cached = FeatureCache(root).get_or_compute("rsr", identity, settings, views, compute, "int16", "RSR maps")
+        return torch.cat(
+            [torch.from_numpy(np.asarray(cached[j], dtype=np.int64)).reshape(-1) for j in range(len(cached))]
+        )
 
     def relevancy_2d(self, data: SemanticData, chunk: int = 65536) -> Tensor:
         """``[R_p, S, C]`` the relevancy the 2D class maps come from (``rsr_relevancy``)."""
