@@ -168,3 +168,25 @@ def test_rsr_maps_are_cached_with_the_features(tiny_scene_dir, tmp_path, monkeyp
     monkeypatch.setattr(OVNeRF, "initial_labels", lambda self, data: pytest.fail("recomputed a cached RSR map"))
     assert torch.equal(m.cached_initial_labels(m.scene, fit_cfg, backends), first)
     assert len(list((tmp_path / "cache" / "rsr").iterdir())) == 1
+
+
+def test_novel_poses_of_a_room_stand_inside_its_box_and_look_outward(tmp_path):
+    import numpy as np
+
+    from ovs3d.scenegen import make_scene
+
+    root = make_scene("room", 3, tmp_path / "room", width=80, height=60, n_views=24, annotate_every=4, supersample=1)
+    scene = load_scene(root)
+    assert scene.kind == "bounded"
+    cfg = OVNeRFConfig(cse_novel_views=8)
+    train = scene.train_views(True)
+    poses = novel_poses(scene, train, cfg)
+    assert poses.shape == (8, 3, 4)
+    aabb = np.asarray(scene.aabb)
+    centres = poses[:, :, 3]
+    assert ((centres > aabb[0]) & (centres < aabb[1])).all()
+    middle = centres.mean(0)
+    outward = np.einsum("nk,nk->n", poses[:, :, 2], centres - middle)  # optical axis vs offset from the middle
+    assert (outward > 0).all()
+    yaws = np.arctan2(poses[:, 0, 2], poses[:, 2, 2])
+    assert len(np.unique(np.round(yaws, 3))) == 8  # eight directions around
