@@ -24,14 +24,17 @@ def main() -> None:
     ap.add_argument("--views", nargs="+", required=True, help="view keys as in RUN/eval/overlays (e.g. 05)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    rows, cols = len(args.views), len(args.runs)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for i, view in enumerate(args.views):
-        for j, (run, title) in enumerate(zip(args.runs, args.titles, strict=True)):
-            ax = axes[i][j]
-            ax.imshow(iio.imread(run / "eval" / "overlays" / f"{view}.png"))
-            ax.set_title(f"{title} — view {view}", fontsize=9)
-            ax.axis("off")
+    # overlays are wide (RGB | truth | prediction | legend): one row per (view, run)
+    pairs = [(view, run, title) for view in args.views for run, title in zip(args.runs, args.titles, strict=True)]
+    first = iio.imread(args.runs[0] / "eval" / "overlays" / f"{args.views[0]}.png")
+    width = 12.0
+    fig, axes = plt.subplots(
+        len(pairs), 1, figsize=(width, width * first.shape[0] / first.shape[1] * len(pairs) * 1.12)
+    )
+    for ax, (view, run, title) in zip(list(axes) if len(pairs) > 1 else [axes], pairs, strict=True):
+        ax.imshow(iio.imread(run / "eval" / "overlays" / f"{view}.png"))
+        ax.set_title(f"{title} — view {view}", fontsize=10, loc="left")
+        ax.axis("off")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
