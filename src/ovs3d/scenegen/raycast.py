@@ -24,6 +24,34 @@ INF = np.inf
 Vec = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def pinhole_ray_dirs(rot: np.ndarray, focal: float, cx: float, cy: float, width: int, ss: int, r0: int, r1: int) -> Vec:
+    """World directions of the ``ss x ss`` sub-pixel rays of pixel rows ``[r0, r1)`` of a pinhole camera.
+
+    Directions are ``R (x, y, 1)`` in the OpenCV camera frame, so a ray's ``t`` is the z-depth.
+
+    Args:
+        rot: ``[3, 3]`` camera-to-world rotation.
+        focal: focal length in pixels; ``cx``, ``cy``: principal point in pixels.
+        width: image width in pixels.
+        ss: sub-pixel samples per pixel side (pixel centres at ``(k + 0.5) / ss``).
+        r0: first pixel row; r1: row after the last.
+
+    Returns:
+        ``(dx, dy, dz)``, each ``[(r1 - r0) * ss, width * ss]`` float64.
+    """
+    us = (np.arange(width * ss) + 0.5) / ss
+    vs = (np.arange(r0 * ss, r1 * ss) + 0.5) / ss
+    xc = ((us - cx) / focal)[None, :]
+    yc = ((vs - cy) / focal)[:, None]
+    return tuple(rot[i, 0] * xc + rot[i, 1] * yc + rot[i, 2] for i in range(3))
+
+
+def row_chunks(width: int, height: int, ss: int, chunk_rays: int) -> list[tuple[int, int]]:
+    """Row ranges ``[(r0, r1), ...]`` covering ``height`` rows, each with at most ~``chunk_rays`` sub-pixel rays."""
+    rows = max(1, chunk_rays // (width * ss * ss))
+    return [(r, min(r + rows, height)) for r in range(0, height, rows)]
+
+
 def _roots(a, b, c):
     """Roots of ``a t^2 + 2 b t + c = 0`` as ``(t_lo, t_hi)``; ``nan`` where there is none (stable form)."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):

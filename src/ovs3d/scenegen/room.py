@@ -61,8 +61,8 @@ from ovs3d.io.scene import scaled_size
 from ovs3d.scenegen import raycast as rc
 from ovs3d.scenegen.labels import SurfaceKind
 from ovs3d.scenegen.tabletop import annotated_views, look_at
-from ovs3d.scenegen.textures import Texture, albedo, make_texture
-from ovs3d.scenegen.writer import check_destination, first_valid_layout, scene_folder, write_scene
+from ovs3d.scenegen.textures import Texture, albedo, jitter_color, make_texture
+from ovs3d.scenegen.writer import first_valid_layout, generate_scene, write_scene
 
 logger = logging.getLogger(__name__)
 
@@ -643,21 +643,14 @@ class RoomScene:
 
     # --------------------------------------------------------------- casting
     def rays(self, view: int, ss: int, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """World directions of the sub-pixel rays of pixel rows ``[r0, r1)``.
-
-        Directions are ``R (x, y, 1)`` in the camera frame, so a ray's ``t`` is the z-depth.
+        """World directions of the sub-pixel rays of pixel rows ``[r0, r1)`` (``t`` is the z-depth).
 
         Returns:
             ``(dx, dy, dz)``, each ``[(r1 - r0) * ss * W * ss]`` float64, row-major.
         """
-        cfg = self.config
         f, _, cx, cy = self.intrinsics
-        rot = self.c2w[view, :, :3]
-        xc = ((np.arange(cfg.width * ss) + 0.5) / ss - cx) / f
-        yc = ((np.arange(r0 * ss, r1 * ss) + 0.5) / ss - cy) / f
-        xc, yc = np.meshgrid(xc, yc)
-        xc, yc = xc.ravel(), yc.ravel()
-        return tuple(rot[i, 0] * xc + rot[i, 1] * yc + rot[i, 2] for i in range(3))
+        dirs = rc.pinhole_ray_dirs(self.c2w[view, :, :3], f, cx, cy, self.config.width, ss, r0, r1)
+        return tuple(d.ravel() for d in dirs)
 
     def cast(self, origin: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray):
         """First hits of rays from one origin inside the room.
@@ -703,9 +696,7 @@ class RoomScene:
         return t, ids, part
 
     def _chunks(self, ss: int) -> list[tuple[int, int]]:
-        rows = max(1, CHUNK_RAYS // (self.config.width * ss * ss))
-        h = self.config.height
-        return [(r, min(r + rows, h)) for r in range(0, h, rows)]
+        return rc.row_chunks(self.config.width, self.config.height, ss, CHUNK_RAYS)
 
     def render_ids(self, view: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact instance map and z-depth of view ``view`` (pixel-centre rays).
@@ -807,8 +798,8 @@ class RoomScene:
 # --------------------------------------------------------------------------------------- drawing
 
 
-def _jitter(rng: np.random.Generator, color, amount: float = 0.03) -> np.ndarray:
-    return np.clip(np.asarray(color) + rng.normal(scale=amount, size=3), 0.0, 1.0)
+JITTER = 0.03
+"""Default std of the colour jitter (:func:`~ovs3d.scenegen.textures.jitter_color`)."""
 
 
 def _rot_y(yaw: float) -> np.ndarray:
@@ -852,7 +843,12 @@ def _furniture_pieces(rng: np.random.Generator, kind: FurnitureKind, w: float, d
         surface small objects may stand on (``None`` when the kind holds nothing).
     """
     main = make_texture(
-        rng, kind.texture, _jitter(rng, kind.color1), _jitter(rng, kind.color2), kind.scale, direction=(1.0, 0.05, 0.0)
+        rng,
+        kind.texture,
+        jitter_color(rng, kind.color1, JITTER),
+        jitter_color(rng, kind.color2, JITTER),
+        kind.scale,
+        direction=(1.0, 0.05, 0.0),
     )
     ks = rng.uniform(0.03, 0.08)
     top = (w / 2, d / 2) if kind.holder else None
@@ -878,14 +874,14 @@ def _furniture_pieces(rng: np.random.Generator, kind: FurnitureKind, w: float, d
         ], None
     if kind.build == "plant":
         pot_r, pot_h = w * 0.28, rng.uniform(0.32, 0.42)
-        pot = make_texture(rng, "solid", _jitter(rng, (0.72, 0.38, 0.22)), (0.6, 0.3, 0.18), 0.3)
+        pot = make_texture(rng, "solid", jitter_color(rng, (0.72, 0.38, 0.22), JITTER), (0.6, 0.3, 0.18), 0.3)
         leaves = (w / 2, (h - pot_h) / 2, w / 2 * rng.uniform(0.85, 1.0))
         return [
             (rc.Cylinder(pot_r, pot_h), (0.0, 0.0, 0.0), pot, 0.05, 10.0),
             (rc.Ellipsoid(leaves, pot_h + leaves[1] * 0.95), (0.0, 0.0, 0.0), main, 0.03, 6.0),
         ], None
     if kind.build == "lamp":
-        metal = make_texture(rng, "solid", _jitter(rng, (0.18, 0.18, 0.2)), (0.25, 0.25, 0.27), 0.3)
+        metal = make_texture(rng, "solid", jitter_color(rng, (0.18, 0.18, 0.2), JITTER), (0.25, 0.25, 0.27), 0.3)
         shade_h = rng.uniform(0.3, 0.36)
         return [
             (rc.Cylinder(0.16, 0.03), (0.0, 0.0, 0.0), metal, 0.2, 30.0),
@@ -897,7 +893,7 @@ def _furniture_pieces(rng: np.random.Generator, kind: FurnitureKind, w: float, d
 
 def _small_pieces(rng: np.random.Generator, kind: SmallKind, r: float):
     """Shapes of a small object in its local frame (base centre at the origin)."""
-    c1, c2 = _jitter(rng, kind.color1), _jitter(rng, kind.color2)
+    c1, c2 = jitter_color(rng, kind.color1, JITTER), jitter_color(rng, kind.color2, JITTER)
     u = rng.uniform
     if kind.build == "vase":
         h = r * u(2.8, 3.6)
@@ -918,7 +914,7 @@ def _small_pieces(rng: np.random.Generator, kind: SmallKind, r: float):
     if kind.build == "succulent":
         pot_h = r * u(1.0, 1.3)
         pot = make_texture(rng, "solid", c2, c2, 0.3)
-        leaves = make_texture(rng, kind.texture, c1, _jitter(rng, (0.25, 0.48, 0.25)), r * 0.6)
+        leaves = make_texture(rng, kind.texture, c1, jitter_color(rng, (0.25, 0.48, 0.25), JITTER), r * 0.6)
         return [
             (rc.Cylinder(r * 0.85, pot_h), (0.0, 0.0, 0.0), pot, 0.05, 10.0),
             (rc.Sphere(r, pot_h + r * 0.6), (0.0, 0.0, 0.0), leaves, 0.03, 6.0),
@@ -930,7 +926,7 @@ def _small_pieces(rng: np.random.Generator, kind: SmallKind, r: float):
     if kind.build == "bowl":
         h = r * u(0.5, 0.65)
         bowl = make_texture(rng, kind.texture, c1, c1, 0.3)
-        fruit = make_texture(rng, "noise", c2, _jitter(rng, (0.9, 0.45, 0.05)), 0.05)
+        fruit = make_texture(rng, "noise", c2, jitter_color(rng, (0.9, 0.45, 0.05), JITTER), 0.05)
         fr = r * 0.42
         return [
             (rc.Cylinder(r, h), (0.0, 0.0, 0.0), bowl, 0.15, 30.0),
@@ -1072,7 +1068,11 @@ def _draw_scene(config: RoomConfig, attempt: int) -> RoomScene | None:
     # --- planes: 4 walls (one texture, one label), floor, ceiling
     wall_kind = WALL_KINDS[rng.integers(len(WALL_KINDS))]
     wall_tex = make_texture(
-        rng, wall_kind.texture, _jitter(rng, wall_kind.color1, 0.02), _jitter(rng, wall_kind.color2, 0.02), 0.8
+        rng,
+        wall_kind.texture,
+        jitter_color(rng, wall_kind.color1, 0.02),
+        jitter_color(rng, wall_kind.color2, 0.02),
+        0.8,
     )
     for axis, side in ((0, 1.0), (0, -1.0), (2, 1.0), (2, -1.0)):
         add(wall_kind.label, "wall", texture=wall_tex, axis=axis, side=side, specular=0.02)
@@ -1080,8 +1080,8 @@ def _draw_scene(config: RoomConfig, attempt: int) -> RoomScene | None:
     floor_tex = make_texture(
         rng,
         floor_kind.texture,
-        _jitter(rng, floor_kind.color1, 0.02),
-        _jitter(rng, floor_kind.color2, 0.02),
+        jitter_color(rng, floor_kind.color1, 0.02),
+        jitter_color(rng, floor_kind.color2, 0.02),
         floor_kind.scale,
         direction=(1.0, 0.0, rng.normal(scale=0.05)),
     )
@@ -1093,7 +1093,11 @@ def _draw_scene(config: RoomConfig, attempt: int) -> RoomScene | None:
     # --- rug, off-centre so that the cameras see it from above at a moderate angle
     rug_kind = RUG_KINDS[rng.integers(len(RUG_KINDS))]
     rug_tex = make_texture(
-        rng, rug_kind.texture, _jitter(rng, rug_kind.color1), _jitter(rng, rug_kind.color2), rug_kind.scale
+        rng,
+        rug_kind.texture,
+        jitter_color(rng, rug_kind.color1, JITTER),
+        jitter_color(rng, rug_kind.color2, JITTER),
+        rug_kind.scale,
     )
     ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.7, 1.1)
     if rug_kind.label.startswith("a round"):
@@ -1153,7 +1157,7 @@ def _draw_scene(config: RoomConfig, attempt: int) -> RoomScene | None:
         return None
     taken.append((slot[0], (slot[1] - bw, slot[1] + bw)))
     pos, yaw = wall_frame(slot[0], slot[1], by)
-    tex = slats_texture(rng, _jitter(rng, blinds_kind.color1, 0.02), blinds_kind.color2, blinds_kind.scale)
+    tex = slats_texture(rng, jitter_color(rng, blinds_kind.color1, 0.02), blinds_kind.color2, blinds_kind.scale)
     blinds = Part(rc.Placed(rc.Box((bw, bh, 0.02)), pos, yaw), tex, np.zeros(3), specular=0.03)
     add(blinds_kind.label, "wall item", parts=[blinds])
 
@@ -1164,7 +1168,7 @@ def _draw_scene(config: RoomConfig, attempt: int) -> RoomScene | None:
         return None
     taken.append((slot[0], (slot[1] - cr, slot[1] + cr)))
     pos, yaw = wall_frame(slot[0], slot[1], cy)
-    rim = make_texture(rng, "solid", _jitter(rng, (0.15, 0.15, 0.16)), (0.2, 0.2, 0.2), 0.3)
+    rim = make_texture(rng, "solid", jitter_color(rng, (0.15, 0.15, 0.16), JITTER), (0.2, 0.2, 0.2), 0.3)
     face = make_texture(rng, "solid", (0.95, 0.95, 0.93), (0.95, 0.95, 0.93), 0.3)
     clock = _assemble(
         pos,
@@ -1188,9 +1192,14 @@ def _draw_scene(config: RoomConfig, attempt: int) -> RoomScene | None:
         taken.append((slot[0], (slot[1] - pw - 0.03, slot[1] + pw + 0.03)))
         pos, yaw = wall_frame(slot[0], slot[1], py)
         canvas = make_texture(
-            rng, kind.texture, _jitter(rng, kind.color1), _jitter(rng, kind.color2), kind.scale, height=2 * ph
+            rng,
+            kind.texture,
+            jitter_color(rng, kind.color1, JITTER),
+            jitter_color(rng, kind.color2, JITTER),
+            kind.scale,
+            height=2 * ph,
         )
-        frame = make_texture(rng, "solid", _jitter(rng, kind.frame, 0.02), kind.frame, 0.3)
+        frame = make_texture(rng, "solid", jitter_color(rng, kind.frame, 0.02), kind.frame, 0.3)
         pieces = [
             (rc.Box((pw + 0.03, ph + 0.03, 0.015)), (0.0, -0.03, 0.0), frame, 0.1, 20.0),
             (rc.Box((pw, ph, 0.02)), (0.0, 0.0, 0.0), canvas, 0.04, 10.0),
@@ -1328,11 +1337,4 @@ def make_room(config: RoomConfig, out: Path) -> Path:
     Raises:
         OVS3DError: bad configuration, ``out`` holds something else, or no valid layout was found.
     """
-    out = Path(out)
-    config.validate()
-    check_destination(out)
-    scene = build_room(config)
-    with scene_folder(out) as tmp:
-        write_room(scene, tmp)
-    logger.info("wrote room scene (seed %d, %d labels) to %s", config.seed, len(scene.classes), out)
-    return out
+    return generate_scene(config, out, build_room, write_room, "room")

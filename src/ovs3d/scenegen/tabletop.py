@@ -49,8 +49,8 @@ from ovs3d.errors import OVS3DError
 from ovs3d.io.scene import scaled_size
 from ovs3d.scenegen import raycast as rc
 from ovs3d.scenegen.labels import OBJECTS, TABLES, WALLS, ObjectKind, SurfaceKind
-from ovs3d.scenegen.textures import Texture, albedo, make_texture
-from ovs3d.scenegen.writer import check_destination, first_valid_layout, scene_folder, write_scene
+from ovs3d.scenegen.textures import Texture, albedo, jitter_color, make_texture
+from ovs3d.scenegen.writer import first_valid_layout, generate_scene, write_scene
 
 logger = logging.getLogger(__name__)
 
@@ -223,14 +223,8 @@ class TabletopScene:
     # --------------------------------------------------------------- casting
     def _rays(self, view: int, ss: int, r0: int, r1: int):
         """Directions of the sub-pixel rays of pixel rows ``[r0, r1)``, each ``[rows * ss, W * ss]``."""
-        cfg = self.config
         f, _, cx, cy = self.intrinsics
-        rot = self.c2w[view, :, :3]
-        us = (np.arange(cfg.width * ss) + 0.5) / ss
-        vs = (np.arange(r0 * ss, r1 * ss) + 0.5) / ss
-        xc = ((us - cx) / f)[None, :]
-        yc = ((vs - cy) / f)[:, None]
-        return tuple(rot[i, 0] * xc + rot[i, 1] * yc + rot[i, 2] for i in range(3))
+        return rc.pinhole_ray_dirs(self.c2w[view, :, :3], f, cx, cy, self.config.width, ss, r0, r1)
 
     def _object_rects(self, view: int, ss: int) -> list[tuple[int, int, int, int] | None]:
         """Per object, the sub-pixel index box ``(row0, row1, col0, col1)`` its bounding sphere covers."""
@@ -288,9 +282,7 @@ class TabletopScene:
         return t, ids, (dx, dy, dz)
 
     def _chunks(self, ss: int) -> list[tuple[int, int]]:
-        rows = max(1, CHUNK_RAYS // (self.config.width * ss * ss))
-        h = self.config.height
-        return [(r, min(r + rows, h)) for r in range(0, h, rows)]
+        return rc.row_chunks(self.config.width, self.config.height, ss, CHUNK_RAYS)
 
     def render_ids(self, view: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact instance map and z-depth of view ``view`` (pixel-centre rays).
@@ -458,8 +450,8 @@ def _draw_cameras(rng: np.random.Generator, n_views: int) -> np.ndarray:
     return np.stack(c2w)
 
 
-def _jitter(rng: np.random.Generator, color, amount: float = 0.04) -> np.ndarray:
-    return np.clip(np.asarray(color) + rng.normal(scale=amount, size=3), 0.0, 1.0)
+JITTER = 0.04
+"""Default std of the colour jitter of objects (:func:`~ovs3d.scenegen.textures.jitter_color`)."""
 
 
 def _draw_shape(rng: np.random.Generator, kind: ObjectKind, radius: tuple[float, float] | None = None) -> rc.Shape:
@@ -497,7 +489,7 @@ def _object_texture(rng: np.random.Generator, kind: ObjectKind, shape: rc.Shape)
         "dots": r * rng.uniform(0.3, 0.45),
         "wood": r * rng.uniform(0.12, 0.2),
     }.get(tex, r * 0.3)
-    c1, c2 = _jitter(rng, kind.color1), _jitter(rng, kind.color2)
+    c1, c2 = jitter_color(rng, kind.color1, JITTER), jitter_color(rng, kind.color2, JITTER)
     return make_texture(rng, tex, c1, c2, scale, height=top)
 
 
@@ -509,8 +501,8 @@ def _surface_texture(rng: np.random.Generator, kind: SurfaceKind, wall: bool) ->
     return make_texture(
         rng,
         kind.texture,
-        _jitter(rng, kind.color1, 0.02),
-        _jitter(rng, kind.color2, 0.02),
+        jitter_color(rng, kind.color1, 0.02),
+        jitter_color(rng, kind.color2, 0.02),
         kind.scale * rng.uniform(0.85, 1.15),
         direction=direction,
     )
@@ -773,11 +765,4 @@ def make_tabletop(config: TabletopConfig, out: Path) -> Path:
     Raises:
         OVS3DError: bad configuration, ``out`` holds something else, or no valid layout was found.
     """
-    out = Path(out)
-    config.validate()
-    check_destination(out)
-    scene = build_tabletop(config)
-    with scene_folder(out) as tmp:
-        write_tabletop(scene, tmp)
-    logger.info("wrote tabletop scene (seed %d, %d labels) to %s", config.seed, len(scene.classes), out)
-    return out
+    return generate_scene(config, out, build_tabletop, write_tabletop, "tabletop")

@@ -54,6 +54,11 @@ class Texture:
     """Phase offset of periodic patterns, in periods."""
 
 
+def jitter_color(rng: np.random.Generator, color, amount: float) -> np.ndarray:
+    """``color`` (RGB in [0, 1]) plus Gaussian noise of std ``amount`` per channel, clipped to [0, 1]."""
+    return np.clip(np.asarray(color) + rng.normal(scale=amount, size=3), 0.0, 1.0)
+
+
 def make_texture(
     rng: np.random.Generator,
     kind: str,

@@ -187,3 +187,24 @@ def write_scene(
         "config": dataclasses.asdict(cfg),
     }
     (folder / "sim" / "instances.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def generate_scene(
+    config: Any, out: Path, build: Callable[[Any], Any], write: Callable[[Any, Path], None], preset: str
+) -> Path:
+    """Validate ``config``, draw the scene (``build``) and write it (``write``) atomically into ``out``.
+
+    The scene is written into a temporary folder beside ``out`` and renamed into place at the end, so a
+    failure leaves no half-written scene.
+
+    Raises:
+        OVS3DError: bad configuration, ``out`` holds something else, or no valid layout was found.
+    """
+    out = Path(out)
+    config.validate()
+    check_destination(out)
+    scene = build(config)
+    with scene_folder(out) as tmp:
+        write(scene, tmp)
+    logger.info("wrote %s scene (seed %d, %d labels) to %s", preset, config.seed, len(scene.classes), out)
+    return out
