@@ -28,17 +28,22 @@ def _method(scene_dir, tmp_path, **cfg_overrides) -> OVNeRF:
     pixels = type(samples[0]).cat(samples)
     n, n_cls = len(pixels), len(scene.classes)
     g = torch.Generator().manual_seed(0)
+    clip_targets = F.normalize(torch.randn(n, 2, 16, generator=g), dim=-1).half()
+    relevancy = torch.rand(n, 2, n_cls, generator=g)
+    text = F.normalize(torch.randn(n_cls, 16, generator=g), dim=-1)
     data = SemanticData(
         pixels=pixels,
-        clip_targets=F.normalize(torch.randn(n, 2, 16, generator=g), dim=-1).half(),
-        relevancy=torch.rand(n, 2, n_cls, generator=g),
+        clip_targets=clip_targets,
+        relevancy=relevancy,
         rgb=torch.rand(n, 3, generator=g),
         cells=pixels.index(torch.zeros(0, dtype=torch.long)),
         dino=torch.zeros(0, 1),
         cell_grid=(0, 0, 0),
-        text=F.normalize(torch.randn(n_cls, 16, generator=g), dim=-1),
+        text=text,
         view_ids=tuple(views),
         view_size=scene.image_size(ds),
+        downscale=ds,
+        raw_relevancy=F.normalize(clip_targets.float(), dim=-1) @ text.T,  # the cosines prepare_data keeps
     )
     cfg = OVNeRFConfig(
         n_iters=10, joint_start=5, batch_size=64, use_fda=False, cse_start=4, cse_every=2, **cfg_overrides

@@ -5,7 +5,7 @@ config. It says which foundation models it needs, prepares its targets from a re
 as a :class:`~ovs3d.methods.loop.Stage` in the one training loop (its parameter groups per phase, its loss
 per step, its callbacks), and renders rays and turns a render into labels or relevancy. The run layer
 (:mod:`ovs3d.run`) finds methods by name in :mod:`ovs3d.methods.registry`, calls :func:`fit_method` and
-:func:`load_method`, and scores and writes what a method predicts.
+the method's ``load``, and scores and writes what a method predicts.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class SemanticMethod(abc.ABC):
 
     name: ClassVar[str]
     config_type: ClassVar[type]
+    legacy_settings: ClassVar[dict[str, Any]] = {}
+    """What settings added to ``config_type`` later meant before they existed (read into older runs)."""
     kind = "semantic"
 
     def __init__(self, trained: TrainedField, cfg: Any, text: Tensor, device) -> None:
@@ -54,10 +56,10 @@ class SemanticMethod(abc.ABC):
 
     @classmethod
     def config_from_dict(cls, data: dict) -> Any:
-        """The method's config from its stored dictionary."""
+        """The method's config from its stored dictionary (missing settings: :attr:`legacy_settings`, then defaults)."""
         from ovs3d.utils.config import config_from_dict
 
-        return config_from_dict(cls.config_type, data)
+        return config_from_dict(cls.config_type, data, cls.legacy_settings)
 
     @classmethod
     def needs(cls, cfg: Any) -> set[str]:
@@ -164,9 +166,3 @@ def train_method(method: SemanticMethod, run: Path) -> SemanticMethod:
     run_stage(method, settings, method.callbacks())
     method.freeze()
     return method
-
-
-def load_method(method_cls: type[SemanticMethod], run: Path, device) -> SemanticMethod:
-    """The trained method of a run folder, on its reconstructed field."""
-    trained = load_trained_field(Path(run) / "checkpoints" / RECON_CKPT, device)
-    return method_cls.load(trained, run, device)

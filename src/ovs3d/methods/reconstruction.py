@@ -146,25 +146,11 @@ def learning_rate_factor(step: int, cfg: ReconstructionConfig) -> float:
     return cfg.lr_decay_ratio ** (since / cfg.n_iters)
 
 
-def make_optimizer(field_: TensoRFField, cfg: ReconstructionConfig) -> torch.optim.Adam:
-    """Adam with the grid and network parameter groups (betas 0.9, 0.99 as TensoRF)."""
-    return torch.optim.Adam(
-        [
-            {"params": field_.grid_parameters(), "lr": cfg.lr_grid, "base_lr": cfg.lr_grid},
-            {"params": field_.network_parameters(), "lr": cfg.lr_net, "base_lr": cfg.lr_net},
-        ],
-        betas=(0.9, 0.99),
-    )
-
-
 def config_from_dict(d: dict) -> ReconstructionConfig:
-    """Rebuild a :class:`ReconstructionConfig` from ``asdict`` output."""
-    d = dict(d)
-    d["march"] = MarchConfig(**d.get("march", {}))
-    for k in ("upsample_iters", "occupancy_iters", "density_components", "app_components"):
-        if k in d:
-            d[k] = tuple(d[k])
-    return ReconstructionConfig(**d)
+    """Rebuild a :class:`ReconstructionConfig` from ``asdict`` output (nested ``march``, tuples restored)."""
+    from ovs3d.utils.config import config_from_dict as from_dict
+
+    return from_dict(ReconstructionConfig, d)
 
 
 def load_trained_field(ckpt_path: Path, device: str | torch.device = "cpu") -> TrainedField:

@@ -36,7 +36,6 @@ from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS, class_balanc
 from ovs3d.render.cached import RaySamples, render_semantic_samples, top_samples
 from ovs3d.render.rays import pixel_grid
 from ovs3d.render.scene_rays import camera_rays_in_field, ray_near
-from ovs3d.utils.config import config_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +84,7 @@ class OVNeRF(ThreeDOVS):
 
     name = "ovnerf"
     config_type = OVNeRFConfig
+    legacy_settings = {}  # no run predates any OV-NeRF setting
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -99,10 +99,6 @@ class OVNeRF(ThreeDOVS):
         self._novel_shape: tuple[int, int] = (0, 0)
 
     @classmethod
-    def config_from_dict(cls, data: dict) -> OVNeRFConfig:
-        return config_from_dict(OVNeRFConfig, data)
-
-    @classmethod
     def needs(cls, cfg: OVNeRFConfig) -> set[str]:
         return super().needs(cfg) | ({"masks"} if cfg.use_rsr else set())
 
@@ -110,7 +106,8 @@ class OVNeRF(ThreeDOVS):
     def prepare(cls, scene, trained, fit_cfg, backends, device) -> OVNeRF:
         cfg: OVNeRFConfig = fit_cfg.semantic
         views = scene.train_views(fit_cfg.holdout)
-        data = prepare_data(scene, trained, fit_cfg, backends["clip"], backends.get("dino"), views)
+        keep_raw = cfg.rsr_relevancy != "view"  # RSR's 2D maps normalise the cosines themselves
+        data = prepare_data(scene, trained, fit_cfg, backends["clip"], backends.get("dino"), views, keep_raw)
         method = cls.from_data(trained, cfg, data, device)
         method.scene, method.masks_backend = scene, backends.get("masks")
         if cfg.prompt_templates != "none":
@@ -172,19 +169,13 @@ class OVNeRF(ThreeDOVS):
             [torch.from_numpy(np.asarray(cached[j], dtype=np.int64)).reshape(-1) for j in range(len(cached))]
         )
 
-    def relevancy_2d(self, data: SemanticData, chunk: int = 65536) -> Tensor:
+    def relevancy_2d(self, data: SemanticData) -> Tensor:
         """``[R_p, S, C]`` the relevancy the 2D class maps come from (``rsr_relevancy``)."""
         if self.cfg.rsr_relevancy == "view":
             return data.relevancy
-        raw = torch.cat(
-            [
-                L.segmentation_logits(data.clip_targets[i : i + chunk].float(), data.text.cpu())
-                for i in range(0, len(data.clip_targets), chunk)
-            ]
-        )  # [R_p, S, C] cosines
         if self.cfg.rsr_relevancy == "raw":
-            return raw
-        return L.minmax_normalize(raw[None], dims=(1,))[0]  # per scale and label over every view's pixels
+            return data.raw_relevancy
+        return L.minmax_normalize(data.raw_relevancy[None], dims=(1,))[0]  # per scale and label over all pixels
 
     def _rsr(self, class_maps: Tensor) -> Tensor:
         """Region vote of ``[R_p]`` per-view class maps with each view's stored masks (identity without RSR)."""
@@ -242,7 +233,7 @@ class OVNeRF(ThreeDOVS):
     def novel_samples(self) -> RaySamples:
         """Cached samples of every novel view's pixel rays at the semantic resolution (density is frozen)."""
         if self._novel_samples is None:
-            scene, ds = self.scene, self._downscale()
+            scene, ds = self.scene, self.data.downscale
             w, h = scene.image_size(ds)
             u, v = pixel_grid(w, h)
             intr = scene.intrinsics_at(ds)[self.data.view_ids[0]]
@@ -253,10 +244,6 @@ class OVNeRF(ThreeDOVS):
             self._novel_samples = RaySamples.cat(parts)
             self._novel_shape = (h, w)
         return self._novel_samples
-
-    def _downscale(self) -> float:
-        w_full, _ = self.scene.image_size(1.0)
-        return w_full / self.data.view_size[0]
 
     @torch.no_grad()
     def _render_classes(self, samples: RaySamples, with_rgb: bool, chunk: int = 8192) -> dict[str, Tensor]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ovs3d.utils.config import config_from_dict
-
 
 @dataclass
 class SemanticConfig:
@@ -108,9 +106,5 @@ LEGACY_SETTINGS: dict = {
     "ray_balance_power": 1.0,
     "semantic_components": (0, 0, 0),
 }
-"""What settings added later meant before they existed: a run stored without them is read with these."""
-
-
-def semantic_config_from_dict(d: dict) -> SemanticConfig:
-    """Rebuild a :class:`SemanticConfig` from ``asdict`` output (older runs: see :data:`LEGACY_SETTINGS`)."""
-    return config_from_dict(SemanticConfig, d, LEGACY_SETTINGS)
+"""What settings added later meant before they existed: a run stored without them is read with these
+(``ThreeDOVS.legacy_settings``)."""

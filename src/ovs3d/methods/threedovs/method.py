@@ -29,7 +29,7 @@ from ovs3d.foundation.features import clip_features, dino_features
 from ovs3d.io.scene import Scene
 from ovs3d.methods.base import SemanticMethod, semantic_checkpoint
 from ovs3d.methods.targets import normalized_clip_targets, patch_indices
-from ovs3d.methods.threedovs.config import SemanticConfig, semantic_config_from_dict
+from ovs3d.methods.threedovs.config import LEGACY_SETTINGS, SemanticConfig
 from ovs3d.render.cached import RaySamples, render_semantic_samples, top_samples, view_pixel_samples, view_token_samples
 from ovs3d.utils.files import load_checkpoint
 
@@ -53,6 +53,8 @@ class SemanticData:
         ray_weights: ``[R_p]`` sampling weights of the pixel rays (``ray_sampling="balanced"``), else None.
         view_ids: the views of the pixel rays, in order (``h * w`` rays each, row-major).
         view_size: ``(w, h)`` of those views at the semantic resolution.
+        downscale: that resolution is ``1 / downscale`` of the images (None when not from a scene).
+        raw_relevancy: ``[R_p, S, C]`` the cosines before any normalisation, when asked for, else None.
     """
 
     pixels: RaySamples
@@ -67,6 +69,8 @@ class SemanticData:
     ray_weights: Tensor | None = None
     view_ids: tuple[int, ...] = ()
     view_size: tuple[int, int] = (0, 0)
+    downscale: float | None = None
+    raw_relevancy: Tensor | None = None
 
 
 def pseudo_classes(relevancy: Tensor, scale_prior: Tensor | None = None) -> Tensor:
@@ -138,7 +142,9 @@ def _dino_scale_prior(scene: Scene, fcfg, scfg, dfeats, dino, views: list[int], 
     return prior
 
 
-def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: list[int]) -> SemanticData:
+def prepare_data(
+    scene: Scene, trained: TrainedField, cfg, clip, dino, views: list[int], keep_raw_relevancy: bool = False
+) -> SemanticData:
     """Features (cached), text embeddings, relevancy targets and the marched samples of every training ray.
 
     Args:
@@ -148,16 +154,19 @@ def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: li
         clip: CLIP backend.
         dino: DINO backend (None when the config reads no DINO).
         views: training views.
+        keep_raw_relevancy: also keep the cosines before the per-view normalisation (``raw_relevancy``).
     """
     fcfg, scfg = cfg.features, cfg.semantic
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else None
     feats = clip_features(scene, clip, views, fcfg, cache_root)
     text = F.normalize(clip.encode_text(list(scene.classes)).float(), dim=-1)  # [C, D]
-    targets, rels, rgbs = [], [], []
+    targets, rels, raws, rgbs = [], [], [], []
     for j, v in enumerate(feats.view_ids):
         t = normalized_clip_targets(feats[j])  # [h*w, S, D] float16
         rel = L.segmentation_logits(t.float(), text)  # [h*w, S, C]
         rels.append(L.minmax_normalize(rel[None], dims=(1,))[0])  # per view, scale, class
+        if keep_raw_relevancy:
+            raws.append(rel)
         targets.append(t)
         rgbs.append(torch.from_numpy(scene.load_image(v, fcfg.semantic_downscale)).reshape(-1, 3))
     k = scfg.samples_per_ray
@@ -199,6 +208,8 @@ def prepare_data(scene: Scene, trained: TrainedField, cfg, clip, dino, views: li
         ray_weights=ray_weights,
         view_ids=tuple(int(v) for v in feats.view_ids),
         view_size=scene.image_size(fcfg.semantic_downscale),
+        downscale=fcfg.semantic_downscale,
+        raw_relevancy=torch.cat(raws) if keep_raw_relevancy else None,
     )
 
 
@@ -243,6 +254,7 @@ class ThreeDOVS(SemanticMethod):
 
     name = "3dovs"
     config_type = SemanticConfig
+    legacy_settings = LEGACY_SETTINGS
 
     def __init__(
         self,
@@ -258,10 +270,6 @@ class ThreeDOVS(SemanticMethod):
         self.feature_dim, self.n_scales = feature_dim, n_scales
         self.heads = build_heads(trained, cfg, feature_dim, n_scales).to(device)
         self.data = data
-
-    @classmethod
-    def config_from_dict(cls, data: dict) -> SemanticConfig:
-        return semantic_config_from_dict(data)
 
     @classmethod
     def needs(cls, cfg: SemanticConfig) -> set[str]:
