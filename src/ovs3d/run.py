@@ -321,12 +321,8 @@ def _evaluate_segmentation(scene, cfg: FitConfig, method, eval_dir: Path, split:
         rgbs[v] = scene.load_image(v, ds)
     w, h = scene.image_size(ds)
     extra = {**extra, "resolution": [w, h], "holdout": cfg.holdout}
-    extra["semantic"] = {k: v for k, v in asdict(method.cfg).items() if k in _EVAL_SETTINGS}
+    extra["semantic"] = {k: getattr(method.cfg, k) for k in method.summary_settings}
     return write_segmentation_eval(eval_dir, list(scene.classes), preds, gts, rgbs, split, extra, metric=protocol)
-
-
-_EVAL_SETTINGS = ("rda_mode", "use_fda", "use_rda", "fda_rebalance", "ray_sampling", "use_rsr", "use_cse")
-"""Semantic settings recorded in metrics.json (what a reader comparing runs looks for first)."""
 
 
 def render(

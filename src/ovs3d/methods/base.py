@@ -42,6 +42,8 @@ class SemanticMethod(abc.ABC):
 
     name: ClassVar[str]
     config_type: ClassVar[type]
+    summary_settings: ClassVar[tuple[str, ...]] = ()
+    """Settings recorded in ``metrics.json`` (what a reader comparing runs looks for first)."""
     legacy_settings: ClassVar[dict[str, Any]] = {}
     """What settings added to ``config_type`` later meant before they existed (read into older runs)."""
     kind = "semantic"

@@ -85,6 +85,7 @@ class OVNeRF(ThreeDOVS):
     name = "ovnerf"
     config_type = OVNeRFConfig
     legacy_settings = {}  # no run predates any OV-NeRF setting
+    summary_settings = (*ThreeDOVS.summary_settings, "use_rsr", "use_cse")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -255,6 +255,7 @@ class ThreeDOVS(SemanticMethod):
     name = "3dovs"
     config_type = SemanticConfig
     legacy_settings = LEGACY_SETTINGS
+    summary_settings = ("rda_mode", "use_fda", "use_rda", "fda_rebalance", "ray_sampling")
 
     def __init__(
         self,
