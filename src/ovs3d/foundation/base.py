@@ -50,12 +50,16 @@ class ClipBackend(Protocol):
         """Embed text prompts exactly as given: ``[T, D]`` float32, L2-normalised."""
         ...
 
-    def encode_crops(self, view: ViewImage, boxes: np.ndarray) -> torch.Tensor:
+    def encode_crops(self, view: ViewImage, boxes: np.ndarray, *, content: np.ndarray | None = None) -> torch.Tensor:
         """Embed image crops.
 
         Args:
             view: the image.
-            boxes: ``[N, 4]`` int ``(x0, y0, x1, y1)`` pixel boxes, x1/y1 exclusive, inside the image.
+            boxes: ``[N, 4]`` int ``(x0, y0, x1, y1)`` pixel boxes, x1/y1 exclusive; a box may reach outside
+                the image, where the crop shows zeros (padding).
+            content: optional ``[N, 4]`` int ``(x0, y0, x1, y1)`` boxes (same coordinates): the part of each
+                crop that shows the image; every other pixel of the crop is zeros, as padding (e.g. a
+                segment's bounding box zero-padded to a square). ``None``: the whole crop shows the image.
 
         Returns:
             ``[N, D]`` float32 image embeddings (not normalised, like CLIP's ``encode_image``).

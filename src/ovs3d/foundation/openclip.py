@@ -59,14 +59,14 @@ def _tag_file_candidates(arch: str, tag: str, cfg: dict, cache_dir: str | os.Pat
 class OpenClipBackend:
     """A :class:`~ovs3d.foundation.base.ClipBackend` on an open_clip model.
 
-    ``encode_crops`` cuts the boxes out of the view's RGB (zero padding where a box reaches outside the
-    image) and applies CLIP's preprocessing on tensors, in batches: for ``resize_mode="shortest"`` (CLIP,
-    OpenCLIP) resizing the short side to 224 and centre-cropping 224 equals taking the centred square of
-    side ``min(w, h)`` (offset rounded as torchvision's ``CenterCrop``) and resizing it to 224×224, done
-    here with antialiased bicubic interpolation, grouped by square size (it matches open_clip's PIL
-    pipeline up to sub-pixel rounding and the resampling kernel); ``"squash"`` (SigLIP) resizes the
-    whole box. Then the model's mean/std, ``encode_image`` under ``torch.inference_mode`` (fp16 autocast
-    on CUDA). Embeddings are returned raw (not normalised), CPU float32.
+    ``encode_crops`` cuts the boxes out of the view's RGB (zero padding where a box reaches outside the image or,
+    with ``content`` boxes, outside its content box) and applies CLIP's preprocessing on tensors, in batches: for
+    ``resize_mode="shortest"`` (CLIP, OpenCLIP) resizing the short side to 224 and centre-cropping 224 equals taking
+    the centred square of side ``min(w, h)`` (offset rounded as torchvision's ``CenterCrop``) and resizing it to
+    224×224, done here with antialiased bicubic interpolation, grouped by square size (it matches open_clip's PIL
+    pipeline up to sub-pixel rounding and the resampling kernel); ``"squash"`` (SigLIP) resizes the whole box. Then
+    the model's mean/std, ``encode_image`` under ``torch.inference_mode`` (fp16 autocast on CUDA). Embeddings are
+    returned raw (not normalised), CPU float32.
 
     ``encode_text`` tokenises the prompts exactly as given; with ``templates`` (e.g.
     ``["a photo of a {}."]``) each text's embedding is the normalised mean of its normalised template
@@ -220,12 +220,16 @@ class OpenClipBackend:
         oy = np.round((bh - s) / 2.0).astype(np.int64)
         return np.stack([x0 + ox, y0 + oy, s, s], axis=1)
 
-    def preprocess_crops(self, image: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
+    def preprocess_crops(
+        self, image: torch.Tensor, boxes: np.ndarray, content: np.ndarray | None = None
+    ) -> torch.Tensor:
         """CLIP input for crops of one image.
 
         Args:
             image: ``[3, H, W]`` float RGB in [0, 1] on the model's device.
             boxes: ``[N, 4]`` int boxes, possibly reaching outside the image (zero padding).
+            content: optional ``[N, 4]`` int boxes (image coordinates): pixels of a crop outside its content
+                box are set to zero before the resize, like padding. ``None``: nothing is zeroed.
 
         Returns:
             ``[N, 3, S, S]`` normalised float32 batch (``S`` = the model's image size).
@@ -256,6 +260,11 @@ class OpenClipBackend:
             cols = rx[:, None] + torch.arange(int(rw), device=image.device)[None]  # [n, rw]
             rows = ry[:, None] + torch.arange(int(rh), device=image.device)[None]  # [n, rh]
             patch = image[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)  # [n, 3, rh, rw]
+            if content is not None:  # zero what lies outside the content box (coordinates of the padded image)
+                c = torch.as_tensor(content[idx] + pad, device=image.device)  # [n, 4]
+                in_rows = (rows >= c[:, 1:2]) & (rows < c[:, 3:4])  # [n, rh]
+                in_cols = (cols >= c[:, 0:1]) & (cols < c[:, 2:3])  # [n, rw]
+                patch = patch * (in_rows[:, :, None] & in_cols[:, None, :])[:, None].to(patch.dtype)
             resized = F.interpolate(
                 patch, size=self.image_size, mode=self.interpolation, align_corners=False, antialias=True
             )
@@ -264,12 +273,14 @@ class OpenClipBackend:
         std = self.std.to(out.device)[None, :, None, None]
         return (out - mean) / std
 
-    def encode_crops(self, view: ViewImage, boxes: np.ndarray) -> torch.Tensor:
+    def encode_crops(self, view: ViewImage, boxes: np.ndarray, *, content: np.ndarray | None = None) -> torch.Tensor:
         """Embed crops of ``view``.
 
         Args:
             view: the image (its ``rgb`` is used).
-            boxes: ``[N, 4]`` int ``(x0, y0, x1, y1)``, exclusive ends.
+            boxes: ``[N, 4]`` int ``(x0, y0, x1, y1)``, exclusive ends (may reach outside: zero padding).
+            content: optional ``[N, 4]`` int ``(x0, y0, x1, y1)`` boxes: the pixels of each crop outside its
+                content box are zeros (before CLIP's resize and mean/std), as padding. ``None``: none.
 
         Returns:
             ``[N, D]`` float32 raw image embeddings (CPU).
@@ -279,6 +290,13 @@ class OpenClipBackend:
         b = np.rint(np.asarray(boxes)).astype(np.int64).reshape(-1, 4)
         if len(b) and ((b[:, 2] <= b[:, 0]).any() or (b[:, 3] <= b[:, 1]).any()):
             raise ValueError("boxes must be non-empty: x1 > x0 and y1 > y0")
+        c = None
+        if content is not None:
+            if isinstance(content, torch.Tensor):
+                content = content.detach().cpu().numpy()
+            c = np.rint(np.asarray(content)).astype(np.int64)
+            if c.shape != b.shape:
+                raise ValueError(f"content boxes must be [N, 4] like the boxes {b.shape}, got shape {c.shape}")
         if len(b) == 0:
             return torch.zeros(0, self.dim)
         image = torch.as_tensor(np.ascontiguousarray(view.rgb), dtype=torch.float32, device=self.device)
@@ -290,7 +308,9 @@ class OpenClipBackend:
         with torch.inference_mode():
             for i in range(0, len(b), self.batch_size):
                 idx = order[i : i + self.batch_size]
-                batch = self.preprocess_crops(image, b[idx])
+                batch = (
+                    self.preprocess_crops(image, b[idx]) if c is None else self.preprocess_crops(image, b[idx], c[idx])
+                )
                 with self._autocast():
                     emb = self.model.encode_image(batch)
                 out[torch.as_tensor(idx)] = emb.float().cpu()

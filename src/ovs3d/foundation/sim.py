@@ -236,16 +236,25 @@ class _StemTables:
         clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, self.height)
         return full, clipped
 
-    def fractions(self, boxes: np.ndarray, view_size: tuple[int, int], by: str) -> tuple[np.ndarray, np.ndarray]:
+    def fractions(
+        self, boxes: np.ndarray, view_size: tuple[int, int], by: str, content: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Area fractions of labels (``by="label"``) or instances (``by="instance"``) in view boxes.
 
         The denominator is the box's whole area in instance-map pixels: pixels outside the image
-        (padding) and pixels with id 0 count as nothing, so rows sum to at most 1.
+        (padding) and pixels with id 0 count as nothing, so rows sum to at most 1. With ``content``
+        (``[N, 4]`` view-pixel boxes, mapped like ``boxes``) only pixels inside ``box ∩ content`` are
+        counted; the rest of the box counts as padding (the denominator is unchanged).
 
         Returns:
             ``(fractions [N, K] float64, full boxes [N, 4] int64)``.
         """
         full, clipped = self.map_boxes(boxes, view_size)
+        if content is not None:
+            _, c = self.map_boxes(content, view_size)
+            clipped = clipped.copy()
+            clipped[:, :2] = np.maximum(clipped[:, :2], c[:, :2])
+            clipped[:, 2:] = np.maximum(np.minimum(clipped[:, 2:], c[:, 2:]), clipped[:, :2])  # empty: x1 = x0
         sat = self.label_sat if by == "label" else self.instance_sat[1]
         counts = _box_sums(sat, clipped).astype(np.float64)
         area = ((full[:, 2] - full[:, 0]) * (full[:, 3] - full[:, 1])).astype(np.float64)
@@ -404,6 +413,18 @@ def _as_boxes(boxes: np.ndarray | torch.Tensor) -> np.ndarray:
     return b
 
 
+def _as_content(content: np.ndarray | torch.Tensor | None, boxes: np.ndarray) -> np.ndarray | None:
+    """``[N, 4]`` int64 content boxes matching ``boxes``, or ``None``."""
+    if content is None:
+        return None
+    if isinstance(content, torch.Tensor):
+        content = content.detach().cpu().numpy()
+    c = np.rint(np.asarray(content)).astype(np.int64)
+    if c.shape != boxes.shape:
+        raise ValueError(f"content boxes must be [N, 4] like the boxes {boxes.shape}, got shape {c.shape}")
+    return c
+
+
 # ---------------------------------------------------------------------------------------------------
 # SimCLIP
 
@@ -430,7 +451,8 @@ class SimCLIP:
       different from view to view. ``n(view, box)`` is seeded by (seed, stem, the box in instance-map
       pixels): overlapping crops disagree a little.
 
-    Boxes may reach outside the image (the outside counts as nothing). Raises
+    Boxes may reach outside the image (the outside counts as nothing); likewise, with ``content`` boxes
+    the part of a crop outside its content box counts as nothing (a zero-padded crop). Raises
     :class:`~ovs3d.errors.BackendError` for a view without stem or instance map. Outputs are CPU float32.
 
     Args:
@@ -493,10 +515,12 @@ class SimCLIP:
             v = v + self.lam * self.text_direction(conf)
         return v / np.linalg.norm(v)
 
-    def label_fractions(self, view: ViewImage, boxes: np.ndarray) -> np.ndarray:
-        """``a``: ``[N, L]`` fractions of each box showing each label (columns = ``scene.label_names``)."""
+    def label_fractions(self, view: ViewImage, boxes: np.ndarray, content: np.ndarray | None = None) -> np.ndarray:
+        """``a``: ``[N, L]`` fractions of each box showing each label (columns = ``scene.label_names``);
+        ``content`` as in :meth:`encode_crops`."""
+        b = _as_boxes(boxes)
         tables = self.scene.tables(view.stem, "SimCLIP")
-        return tables.fractions(_as_boxes(boxes), view.size, by="label")[0]
+        return tables.fractions(b, view.size, by="label", content=_as_content(content, b))[0]
 
     def _view_vectors(self, stem: str) -> np.ndarray:
         """``[L, D]``: ``e_k + σ_v·n(view, k)`` for every label."""
@@ -521,21 +545,25 @@ class SimCLIP:
             out[i] = self._text_cache[s]
         return torch.from_numpy(out.astype(np.float32))
 
-    def encode_crops(self, view: ViewImage, boxes: np.ndarray) -> torch.Tensor:
+    def encode_crops(self, view: ViewImage, boxes: np.ndarray, *, content: np.ndarray | None = None) -> torch.Tensor:
         """Embed crops; see the class docstring.
 
         Args:
             view: the image (only ``stem`` and ``size`` are used).
             boxes: ``[N, 4]`` int ``(x0, y0, x1, y1)`` view-pixel boxes, exclusive ends.
+            content: optional ``[N, 4]`` int view-pixel boxes: only label pixels inside ``box ∩ content``
+                count, the rest of the box is padding (the denominator ``a_k`` stays the whole box area);
+                the per-crop noise is still keyed by the whole box. ``None``: the whole box.
 
         Returns:
             ``[N, D]`` float32 (unit norm).
         """
         b = _as_boxes(boxes)
+        c = _as_content(content, b)
         tables = self.scene.tables(view.stem, "SimCLIP")
         if len(b) == 0:
             return torch.zeros(0, self.dim)
-        a, full = tables.fractions(b, view.size, by="label")  # [N, L]
+        a, full = tables.fractions(b, view.size, by="label", content=c)  # [N, L]
         sq = a * a
         tot = sq.sum(axis=1, keepdims=True)
         w = np.divide(sq, tot, out=np.zeros_like(sq), where=tot > 0)
