@@ -7,12 +7,14 @@ import pytest
 
 from ovs3d.eval.metrics import (
     aggregate,
+    localization,
     masks_to_labels,
     ovnerf_aggregate,
     ovnerf_view_metrics,
     psnr,
     query_recall,
     relevancy_distance,
+    relevancy_metrics,
     segmentation_view_metrics,
     view_key,
 )
@@ -156,27 +158,76 @@ def test_relevancy_distance():
     assert relevancy_distance(rel, mask) == pytest.approx((0.36 + 2) / 9)
 
 
-def test_query_recall():
+def test_query_recall_pixels_reading():
     mask = np.zeros((10, 10), dtype=bool)
     mask[:5, :5] = True
     rel = np.zeros((10, 10))
     rel[:2, :5] = np.linspace(0.5, 1.0, 10).reshape(2, 5)  # top 10 pixels all inside
-    assert query_recall(rel, mask)
+    assert query_recall(rel, mask, reading="pixels")
     rel2 = rel.copy()
     rel2[9, 9] = 0.99  # 9 of the top 10 inside: exactly 90% succeeds
-    assert query_recall(rel2, mask)
+    assert query_recall(rel2, mask, reading="pixels")
     rel3 = rel2.copy()
     rel3[9, 8] = 0.98  # 8 of 10
-    assert not query_recall(rel3, mask)
+    assert not query_recall(rel3, mask, reading="pixels")
     # flat maps: every pixel is tied for the top set
-    assert not query_recall(np.ones((10, 10)), mask)
-    assert query_recall(np.ones((10, 10)), np.ones((10, 10), dtype=bool))
+    assert not query_recall(np.ones((10, 10)), mask, reading="pixels")
+    assert query_recall(np.ones((10, 10)), np.ones((10, 10), dtype=bool), reading="pixels")
     # 3x3: top 10% is one pixel
     small = np.zeros((3, 3))
     small[1, 1] = 1.0
     m = np.zeros((3, 3), dtype=bool)
     m[1, 1] = True
-    assert query_recall(small, m) and not query_recall(small, ~m)
+    assert query_recall(small, m, reading="pixels") and not query_recall(small, ~m, reading="pixels")
+
+
+def test_query_recall_range_reading_small_object():
+    # A perfect map of a 2-pixel object (2 % of the image): the pixel reading (top 10 pixels) can never
+    # succeed, the range reading (R >= max - 0.1 (max - min)) does.
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[0, :2] = True
+    rel = np.where(mask, 0.9, 0.2)
+    assert query_recall(rel, mask)
+    assert not query_recall(rel, mask, reading="pixels")
+    # top range [0.83, 0.9]: the two object pixels and one outside pixel at 0.85 -> 2 of 3 < 90 %
+    rel2 = rel.copy()
+    rel2[5, 5] = 0.85
+    assert not query_recall(rel2, mask)
+    rel2[5, 5] = 0.82  # just below the threshold 0.9 - 0.07 = 0.83
+    assert query_recall(rel2, mask)
+    with pytest.raises(ValueError):
+        query_recall(rel, mask, reading="other")
+
+
+def test_localization():
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[1, 1] = True
+    rel = np.zeros((4, 4))
+    rel[1, 1] = 0.7
+    assert localization(rel, mask)
+    rel[3, 3] = 0.8
+    assert not localization(rel, mask)
+
+
+def test_relevancy_metrics_hand_computed():
+    classes = ["a", "b", "c"]
+    gt = np.zeros((3, 2, 2), dtype=bool)
+    gt[0, 0] = True  # a: top row
+    gt[1, 1] = True  # b: bottom row; c absent from this view
+    rel = np.zeros((3, 2, 2))
+    rel[0] = [[1.0, 1.0], [0.0, 0.0]]  # perfect: D 0, recall, localisation
+    rel[1] = [[0.5, 0.0], [0.0, 0.5]]  # D (0.25 + 0 + 1 + 0.25) / 4; top range {0.5}: 1 of 2 in
+    rel[2] = 1.0  # absent label: not scored
+    out = relevancy_metrics({3: rel}, {3: gt}, classes)
+    assert out["n_pairs"] == 2
+    assert out["per_label"]["a"] == {"d_relevancy": 0.0, "recall": 1.0, "localization": 1.0, "n_views": 1}
+    assert out["per_label"]["b"]["d_relevancy"] == pytest.approx(1.5 / 4)
+    assert out["per_label"]["b"]["recall"] == 0.0
+    assert out["per_label"]["b"]["localization"] == 0.0  # argmax (0, 0) is outside b
+    assert out["per_label"]["c"]["d_relevancy"] is None and out["per_label"]["c"]["n_views"] == 0
+    assert out["d_relevancy"] == pytest.approx(1.5 / 8)
+    assert out["recall"] == 0.5 and out["localization"] == 0.5
+    assert set(out["per_view"]["03"]) == {"a", "b"}
 
 
 # ---------------------------------------------------------------------------------------------------

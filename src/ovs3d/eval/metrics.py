@@ -41,6 +41,8 @@ __all__ = [
     "psnr",
     "relevancy_distance",
     "query_recall",
+    "localization",
+    "relevancy_metrics",
 ]
 
 
@@ -329,19 +331,27 @@ def relevancy_distance(relevancy: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean((m.astype(np.float64) - rel) ** 2))
 
 
-def query_recall(relevancy: np.ndarray, mask: np.ndarray, top_frac: float = 0.1, inside_frac: float = 0.9) -> bool:
-    """Whether one (view, query) pair succeeds under LERF-panoptic-prior query recall.
+def query_recall(
+    relevancy: np.ndarray,
+    mask: np.ndarray,
+    top_frac: float = 0.1,
+    inside_frac: float = 0.9,
+    reading: str = "range",
+) -> bool:
+    """Whether one (view, query) pair succeeds under LERF-panoptic-prior query recall (SPEC §5).
 
-    The pair succeeds when at least ``inside_frac`` of its ``top_frac`` highest-relevancy pixels lie inside
-    the mask. The top set is ``k = max(1, ceil(top_frac · H·W))`` pixels; pixels tied with the k-th highest
-    value are all included (so a flat map cannot succeed by the luck of sort order). Recall over a scene is
-    the mean of these booleans over (view, query) pairs.
+    The pair succeeds when at least ``inside_frac`` of its highest-relevancy pixels lie inside the mask.
+    "Highest" is, with ``reading="range"`` (SPEC §5, the one to report), every pixel with
+    ``R >= max R − top_frac·(max R − min R)``; with ``reading="pixels"`` (the paper's other reading) the
+    ``k = max(1, ceil(top_frac · H·W))`` highest pixels, ties with the k-th highest all included (a flat map
+    cannot succeed by the luck of sort order). Recall over a scene is the mean over (view, query) pairs.
 
     Args:
         relevancy: ``[H, W]`` float relevancy map in [0, 1].
         mask: ``[H, W]`` bool GT mask of the query.
-        top_frac: fraction of the image's pixels taken as the top set.
+        top_frac: the top fraction (of the relevancy range, or of the pixels).
         inside_frac: fraction of the top set that must fall inside the mask.
+        reading: ``"range"`` or ``"pixels"``.
     """
     rel = np.asarray(relevancy, dtype=np.float64).ravel()
     m = np.asarray(mask, dtype=bool).ravel()
@@ -349,8 +359,78 @@ def query_recall(relevancy: np.ndarray, mask: np.ndarray, top_frac: float = 0.1,
         raise ValueError(f"relevancy and mask differ in shape ({rel.size} vs {m.size} pixels)")
     if rel.size == 0:
         return False
-    k = max(1, math.ceil(top_frac * rel.size - 1e-9))
-    k = min(k, rel.size)
-    thresh = np.partition(rel, rel.size - k)[rel.size - k]  # k-th highest value
+    if reading == "range":
+        hi, lo = float(rel.max()), float(rel.min())
+        thresh = hi - top_frac * (hi - lo)
+    elif reading == "pixels":
+        k = min(max(1, math.ceil(top_frac * rel.size - 1e-9)), rel.size)
+        thresh = np.partition(rel, rel.size - k)[rel.size - k]  # k-th highest value
+    else:
+        raise ValueError(f"unknown recall reading {reading!r}; expected 'range' or 'pixels'")
     top = rel >= thresh
     return bool(np.count_nonzero(top & m) >= inside_frac * np.count_nonzero(top) - 1e-9)
+
+
+def localization(relevancy: np.ndarray, mask: np.ndarray) -> bool:
+    """LERF localisation: whether the highest-relevancy pixel (the first in row-major order on ties) lies in
+    the mask.
+
+    Args:
+        relevancy: ``[H, W]`` float relevancy map.
+        mask: ``[H, W]`` bool GT mask of the query.
+    """
+    rel = np.asarray(relevancy, dtype=np.float64).ravel()
+    m = np.asarray(mask, dtype=bool).ravel()
+    if rel.shape != m.shape:
+        raise ValueError(f"relevancy and mask differ in shape ({rel.size} vs {m.size} pixels)")
+    return bool(rel.size and m[int(np.argmax(rel))])
+
+
+def relevancy_metrics(maps: dict[int, np.ndarray], gts: dict[int, np.ndarray], classes: Sequence[str]) -> dict:
+    """D_relevancy, recall and localisation of the labels' relevancy maps over annotated views (SPEC §4–§5).
+
+    Scores are averaged over the (view, label) pairs whose label is visible in that view's GT.
+
+    Args:
+        maps: view -> ``[C, H, W]`` relevancy of each label in [0, 1].
+        gts: view -> ``[C, H, W]`` bool GT masks (same views, same resolution).
+        classes: the ``C`` label names.
+
+    Returns:
+        ``{"d_relevancy", "recall", "localization", "n_pairs", "per_label": {label: {"d_relevancy", "recall",
+        "localization", "n_views"}}, "per_view": {NN: {label: {...}}}}``; a label visible in no view has
+        ``None`` scores.
+    """
+    per_label: dict[str, list[tuple[float, bool, bool]]] = {c: [] for c in classes}
+    per_view: dict[str, dict] = {}
+    for v in sorted(maps):
+        rel, gt = np.asarray(maps[v]), np.asarray(gts[v], dtype=bool)
+        if rel.shape != gt.shape:
+            raise ValueError(f"view {v}: relevancy {rel.shape} and masks {gt.shape} differ in shape")
+        entry = {}
+        for c, name in enumerate(classes):
+            if not gt[c].any():
+                continue
+            score = (relevancy_distance(rel[c], gt[c]), query_recall(rel[c], gt[c]), localization(rel[c], gt[c]))
+            per_label[name].append(score)
+            entry[name] = {"d_relevancy": score[0], "recall": float(score[1]), "localization": float(score[2])}
+        per_view[view_key(v)] = entry
+    pairs = [s for scores in per_label.values() for s in scores]
+
+    def means(scores: list[tuple[float, bool, bool]]) -> dict:
+        if not scores:
+            return {"d_relevancy": None, "recall": None, "localization": None}
+        arr = np.asarray(scores, dtype=np.float64)
+        return {
+            "d_relevancy": float(arr[:, 0].mean()),
+            "recall": float(arr[:, 1].mean()),
+            "localization": float(arr[:, 2].mean()),
+        }
+
+    return {
+        **means(pairs),
+        "n_pairs": len(pairs),
+        "recall_reading": "range",
+        "per_label": {c: {**means(s), "n_views": len(s)} for c, s in per_label.items()},
+        "per_view": per_view,
+    }
