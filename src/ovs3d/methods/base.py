@@ -118,6 +118,30 @@ class SemanticMethod(abc.ABC):
         feats = render["features"]
         return segmentation_logits(feats.to(t.device), t)
 
+    def language_features(self, render: dict[str, Tensor]) -> Tensor:
+        """``[..., S, D]`` unit language features of a render at each of the method's ``S`` query scales
+        (one scale by default: the rendered CLIP feature, normalised)."""
+        import torch.nn.functional as F
+
+        return F.normalize(render["features"].float(), dim=-1).unsqueeze(-2)
+
+    def relevancy(self, render: dict[str, Tensor], queries: Tensor, negatives: Tensor) -> Tensor:
+        """``[..., Q]`` LERF relevancy of texts over a whole render (one image: the scale is chosen per query
+        over all its rays, :func:`~ovs3d.relevancy.best_scale_relevancy`).
+
+        Args:
+            render: a render of one image (``render_view``) or of any ray set.
+            queries: ``[Q, D]`` unit text embeddings.
+            negatives: ``[N, D]`` unit embeddings of the canonical negatives.
+        """
+        from ovs3d.relevancy import best_scale_relevancy
+
+        feats = self.language_features(render)  # [..., S, D]
+        shape = feats.shape[:-2]
+        flat = feats.reshape(-1, *feats.shape[-2:])  # a view for renders laid out [..., S, D]
+        rel, _ = best_scale_relevancy(flat, queries.to(flat.device).float(), negatives.to(flat.device).float())
+        return rel.reshape(*shape, queries.shape[0])
+
     def predict_labels(self, render: dict[str, Tensor]) -> Tensor:
         """``[...]`` int64 label indices: argmax over the scene's labels (closed set)."""
         return self.label_logits(render).argmax(-1)

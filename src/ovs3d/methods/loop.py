@@ -52,6 +52,8 @@ class Stage(Protocol):
         """Make ``phase``'s parameters trainable and return its Adam parameter groups (``params``, ``lr``)."""
         ...
 
+    # Optional: ``make_optimizer(groups) -> torch.optim.Optimizer`` replaces the default Adam (betas 0.9, 0.99).
+
     def before_step(self, step: int, generator: torch.Generator) -> None:
         """Work before iteration ``step`` (upsampling, occupancy updates); may replace parameters only at
         an iteration where the phase changes."""
@@ -110,9 +112,13 @@ class LoopSettings:
     desc: str
 
 
-def _optimizer(groups: list[dict[str, Any]]) -> torch.optim.Adam:
+def _optimizer(groups: list[dict[str, Any]], stage: Any = None) -> torch.optim.Optimizer:
+    """The stage's optimiser over ``groups``: its ``make_optimizer(groups)`` if it has one, else Adam."""
     for g in groups:
         g.setdefault("base_lr", g["lr"])
+    make = getattr(stage, "make_optimizer", None)
+    if make is not None:
+        return make(groups)
     return torch.optim.Adam(groups, betas=(0.9, 0.99))  # TensoRF's and 3D-OVS's betas
 
 
@@ -142,7 +148,7 @@ def run_stage(stage: Stage, settings: LoopSettings, callbacks: Sequence[Callback
             logger.info("%s already trained (%d iterations)", stage.kind, step)
             return step
         phase = stage.phase(max(step - 1, 0))  # the optimiser that made the checkpoint's last step
-        opt = _optimizer(stage.enter_phase(phase))
+        opt = _optimizer(stage.enter_phase(phase), stage)
         opt.load_state_dict(state["optimizer"])
         logger.info("resuming %s at iteration %d", stage.kind, step)
     t0, seconds_before = time.perf_counter(), float(stage.stats["train_seconds"])
@@ -151,7 +157,7 @@ def run_stage(stage: Stage, settings: LoopSettings, callbacks: Sequence[Callback
             stage.before_step(it, gen)
             if opt is None or stage.phase(it) != phase:
                 phase = stage.phase(it)
-                opt = _optimizer(stage.enter_phase(phase))
+                opt = _optimizer(stage.enter_phase(phase), stage)
             factor = stage.lr_factor(it)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor

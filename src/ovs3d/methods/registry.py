@@ -23,6 +23,11 @@ METHODS: dict[str, tuple[str, str, str]] = {
         "ovs3d.methods.ovnerf.method:OVNeRF",
         "OV-NeRF (Liao et al.): 3D-OVS's field with Region Semantic Ranking and Cross-view Self-enhancement",
     ),
+    "lerf": (
+        "ovs3d.methods.lerf.config:LERFConfig",
+        "ovs3d.methods.lerf.method:LERF",
+        "LERF (Kerr et al.) with the panoptic prior (Ji et al.): a scale-conditioned language field",
+    ),
 }
 """Semantic methods: name -> (config class, method class, one-line description)."""
 

@@ -79,3 +79,38 @@ def ray_near(scene: Scene) -> float:
     if scene.kind == "forward":
         return 0.0
     return float(np.min(scene.near_far[:, 0])) * 0.5
+
+
+def field_to_world(scene: Scene, xyz: Tensor) -> Tensor:
+    """Points of the field's frame in the scene's normalised world: NDC undone for forward-facing scenes.
+
+    Args:
+        scene: the scene (view 0's intrinsics define the NDC frame, near plane 1).
+        xyz: ``[..., 3]`` points in the field's frame.
+
+    Returns:
+        ``[..., 3]`` world points (points at NDC depth 1, i.e. infinitely far, are clamped just before it).
+    """
+    if scene.kind != "forward":
+        return xyz
+    w, h = scene.image_size(1.0)
+    fx, fy = (float(f) for f in scene.intrinsics_at(1.0)[0][:2])
+    ax, ay = -2.0 * fx / w, -2.0 * fy / h
+    z = 2.0 / (xyz[..., 2].clamp(max=1.0 - 1e-4) - 1.0)  # inverse of z_ndc = 1 + 2 near / z (near = 1)
+    return torch.stack([xyz[..., 0] * z / ax, xyz[..., 1] * z / ay, z], dim=-1)
+
+
+def camera_depth(scene: Scene, view: int, xyz: Tensor) -> Tensor:
+    """Depth along a view's optical axis (OpenCV +z) of field-frame points, in normalised world units.
+
+    Args:
+        scene: the scene.
+        view: the camera.
+        xyz: ``[..., 3]`` points in the field's frame.
+
+    Returns:
+        ``[...]`` depth (negative behind the camera).
+    """
+    c2w = torch.as_tensor(np.asarray(scene.c2w[view]), dtype=torch.float32)
+    world = field_to_world(scene, xyz.float())
+    return (world - c2w[:3, 3]) @ c2w[:3, 2]
