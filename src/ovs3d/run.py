@@ -309,20 +309,44 @@ def evaluate(run: Path, max_psnr_views: int = 8, protocol: Protocol = "3dovs") -
 
 def _evaluate_segmentation(scene, cfg: FitConfig, method, eval_dir: Path, split: str, protocol: str, extra: dict):
     """Render every annotated view at the semantic resolution, let the method predict, score (SPEC §5), write."""
+    from ovs3d.eval.metrics import relevancy_metrics, view_key
     from ovs3d.eval.report import write_segmentation_eval
+    from ovs3d.eval.visualize import relevancy_heatmap
     from ovs3d.utils.console import progress
+    from ovs3d.utils.files import atomic_write_image
 
     ds = cfg.features.semantic_downscale
-    preds, gts, rgbs = {}, {}, {}
+    negatives = method_negatives(cfg, scene, method)
+    preds, gts, rgbs, rels = {}, {}, {}, {}
     for v in progress(list(scene.annotated), desc="evaluating views"):
         out = method.render_view(scene, v, ds)
         preds[v] = method.predict_labels(out).cpu().numpy().astype(np.int64)
         gts[v] = scene.load_masks(v, ds)
         rgbs[v] = scene.load_image(v, ds)
+        rel = method.relevancy(out, method.text, negatives).cpu().numpy()  # [h, w, C]
+        rels[v] = np.moveaxis(rel, -1, 0)
+        for c, name in enumerate(scene.classes):
+            heat = relevancy_heatmap(rels[v][c], out["rgb"].cpu().numpy() if "rgb" in out else None)
+            atomic_write_image(eval_dir / "relevancy" / view_key(v) / f"{slugify(name)}.png", heat)
     w, h = scene.image_size(ds)
     extra = {**extra, "resolution": [w, h], "holdout": cfg.holdout}
     extra["semantic"] = {k: getattr(method.cfg, k) for k in method.summary_settings}
+    extra["relevancy"] = relevancy_metrics(rels, gts, list(scene.classes))
     return write_segmentation_eval(eval_dir, list(scene.classes), preds, gts, rgbs, split, extra, metric=protocol)
+
+
+def method_negatives(cfg: FitConfig, scene, method):
+    """``[N, D]`` unit embeddings of LERF's canonical negatives for a method: its own (LERF stores the ones it
+    trained with), else encoded by the run's CLIP backend."""
+    import torch
+
+    from ovs3d.relevancy import CANONICAL_NEGATIVES
+
+    own = getattr(method, "negatives", None)
+    if own is not None:
+        return own
+    clip = _backends(cfg, scene, method.device, {"clip"})["clip"]
+    return torch.nn.functional.normalize(clip.encode_text(list(CANONICAL_NEGATIVES)).float(), dim=-1)
 
 
 def render(
@@ -351,7 +375,6 @@ def render(
 
     from ovs3d.eval.visualize import depth_colormap, label_palette, overlay_segmentation, relevancy_heatmap
     from ovs3d.io.video import write_video
-    from ovs3d.render.paths import orbit_path, spiral_path
     from ovs3d.render.rays import pixel_grid
     from ovs3d.render.scene_rays import camera_rays_in_field, ray_near
     from ovs3d.utils.console import progress
@@ -372,6 +395,7 @@ def render(
         else:
             qtext = method.text
         semantic = (method, queries, qtext)
+        negatives = method_negatives(cfg, scene, method)
     out = Path(out or Path(run) / "render")
     ds = cfg.features.semantic_downscale if semantic else cfg.recon.rgb_downscale
     w, h = scene.image_size(ds)
@@ -397,11 +421,9 @@ def render(
         if semantic is not None:
             labels_map = method.predict_labels(r).reshape(h, w).cpu().numpy()
             res["segmentation"] = overlay_segmentation(rgb, labels_map, palette)
-            rel = method.label_logits(r, qtext).cpu()  # [h*w, Q] cosine relevancy
+            rel = method.relevancy(r, qtext, negatives).cpu()  # [h*w, Q] LERF relevancy in [0, 1]
             for qi, q in enumerate(queries):
-                r_q = rel[:, qi].reshape(h, w).numpy()
-                lo, hi = float(r_q.min()), float(r_q.max())
-                res[f"relevancy_{_slug(q)}"] = relevancy_heatmap((r_q - lo) / max(hi - lo, 1e-6), rgb)
+                res[f"relevancy_{slugify(q)}"] = relevancy_heatmap(rel[:, qi].reshape(h, w).numpy(), rgb)
         return res
 
     intr_all = scene.intrinsics_at(ds)
@@ -411,11 +433,7 @@ def render(
         for kind, img in frame(scene.c2w[view], intr_all[view]).items():
             atomic_write_image(out / "views" / f"{view:02d}_{kind}.png", img)
     if path_frames > 0:
-        if scene.kind == "forward":
-            cams = spiral_path(scene.c2w, scene.near_far, path_frames)
-        else:
-            center = (np.asarray(scene.aabb)[0] + np.asarray(scene.aabb)[1]) / 2
-            cams = orbit_path(scene.c2w, center, path_frames)
+        cams = camera_path(scene, path_frames)
         videos: dict[str, list[np.ndarray]] = {}
         for c2w in progress(list(cams), desc="rendering camera path"):
             for kind, img in frame(c2w, intr_all[0]).items():
@@ -425,8 +443,25 @@ def render(
     return out
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")[:40]
+def camera_path(scene, n_frames: int) -> np.ndarray:
+    """``[n_frames, 3, 4]`` a smooth camera path of a scene: a spiral for forward-facing scenes, else an orbit."""
+    from ovs3d.render.paths import orbit_path, spiral_path
+
+    if scene.kind == "forward":
+        return np.asarray(spiral_path(scene.c2w, scene.near_far, n_frames))
+    center = (np.asarray(scene.aabb)[0] + np.asarray(scene.aabb)[1]) / 2
+    return np.asarray(orbit_path(scene.c2w, center, n_frames))
+
+
+def slugify(text: str) -> str:
+    """A file-name slug of a text: lower case, runs of other characters as ``_``, at most 40 characters."""
+    out, prev = [], "_"
+    for c in text.lower():
+        c = c if c.isalnum() else "_"
+        if c != "_" or prev != "_":
+            out.append(c)
+        prev = c
+    return "".join(out).strip("_")[:40] or "query"
 
 
 def _depth_to_metric(scene, depth: np.ndarray) -> np.ndarray:

@@ -265,3 +265,83 @@ def test_baseline_without_segmentations(tmp_path: Path, tiny_scene_dir: Path):
     shutil.rmtree(scene / "segmentations")
     res = ovs3d("baseline", "--scene", "noseg", "--out", "out", cwd=tmp_path)
     assert_user_error(res, "noseg")
+
+
+# --------------------------------------------------------------------------------------------------
+# query (SPEC §3-§4) on a tiny lerf run
+
+
+TINY_LERF = [
+    "--method", "lerf",
+    "--lerf.n-iters", "3",
+    "--lerf.batch-size", "64",
+    "--lerf.samples-per-ray", "4",
+    "--lerf.query-scales", "3",
+    "--features.semantic-downscale", "4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lerf_run(tmp_path_factory) -> Path:
+    """A 3-iteration ``fit --method lerf`` run on a 64x48 scene (``--lerf.*`` spells ``--semantic.*``)."""
+    work = tmp_path_factory.mktemp("cli_lerf")
+    assert_ok(ovs3d("make-scene", "--out", "scene", "--width", 64, "--height", 48, "--n-views", 6, cwd=work))
+    res = ovs3d("fit", "--scene", "scene", "--out", "run", *TINY_RECON, *TINY_LERF, cwd=work)
+    assert_ok(res)
+    return work / "run"
+
+
+def test_query_writes_maps_heatmaps_and_index(lerf_run: Path):
+    import json
+
+    import numpy as np
+
+    texts = ["a red mug", "the mug's handle!", "the mug's handle?"]  # any text; two slugs collide
+    res = ovs3d("query", "--run", lerf_run, *[x for t in texts for x in ("--text", t)], "--views", 0, 2, "--out", "q",
+                cwd=lerf_run.parent)  # fmt: skip
+    assert_ok(res)
+    out = lerf_run.parent / "q"
+    index = json.loads((out / "queries.json").read_text())
+    assert [q["text"] for q in index["queries"]] == texts
+    slugs = [q["slug"] for q in index["queries"]]
+    assert len(set(slugs)) == 3 and index["views"] == ["00", "02"]
+    cfg = json.loads((lerf_run / "config.json").read_text())["fit"]
+    assert cfg["semantic"]["n_iters"] == 3 and cfg["method"] == "lerf"
+    for view in ("00", "02"):
+        for slug in slugs:
+            rel = np.load(out / view / f"{slug}.npy")
+            assert rel.dtype == np.float32 and rel.shape == (12, 16)  # 64x48 at 1/4
+            assert 0.0 <= rel.min() and rel.max() <= 1.0
+            assert (out / view / f"{slug}.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--text", " "], ("empty --text",)),
+        ([], ("no --text",)),
+        (["--text", "mug", "--views", "99"], ("view 99", "6 views")),
+    ],
+)
+def test_query_user_errors(lerf_run: Path, args: list[str], fragments: tuple[str, ...]):
+    res = ovs3d("query", "--run", lerf_run, *args, "--out", "bad", cwd=lerf_run.parent)
+    assert_user_error(res, *fragments)
+    assert not (lerf_run.parent / "bad" / "queries.json").exists()
+
+
+def test_query_on_a_reconstruction_only_run(rgb_run: Path):
+    res = ovs3d("query", "--run", rgb_run, "--text", "a mug", cwd=rgb_run.parent)
+    assert_user_error(res, "reconstruction-only")
+
+
+def test_fit_recomputes_a_truncated_pyramid_cache(lerf_run: Path):
+    """A truncated pyramid file is found on open, recomputed with one warning, and the fit succeeds."""
+    work = lerf_run.parent
+    files = sorted((work / "scene" / ".ovs3d_cache" / "clip_pyramid").glob("*/view_*.npy"))
+    assert files
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])
+    res = ovs3d("fit", "--scene", "scene", "--out", "run2", *TINY_RECON, *TINY_LERF, cwd=work)
+    assert_ok(res)
+    assert "recomput" in res.stderr.lower(), _show(res)
+    assert files[0].stat().st_size == len(data)

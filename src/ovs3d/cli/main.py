@@ -97,7 +97,9 @@ def _fit_command(method: str) -> type:
 
     sem_type = method_config_type(method)
     methods = Literal[tuple(method_names())]  # type: ignore[valid-type]
-    method_help = "semantic method (3dovs: 3D-OVS; ovnerf: OV-NeRF) or rgb (reconstruction only)"
+    method_help = (
+        "semantic method (3dovs: 3D-OVS; ovnerf: OV-NeRF; lerf: LERF + panoptic prior) or rgb (reconstruction only)"
+    )
     fields_ = [("method", Annotated[methods, tyro.conf.arg(help=method_help)], field(default=method))]
     if sem_type is None:
         fields_.append(("semantic", tyro.conf.Suppress[Any], field(default=None)))
@@ -115,6 +117,12 @@ def _method_flag(argv: list[str]) -> str | None:
         if arg.startswith("--method="):
             return arg.partition("=")[2]
     return None
+
+
+def _method_aliases(argv: list[str], method: str) -> list[str]:
+    """``--<method>.<setting>`` (e.g. ``--lerf.prior none``) is another spelling of ``--semantic.<setting>``."""
+    prefix = f"--{method}."
+    return [f"--semantic.{a[len(prefix) :]}" if a.startswith(prefix) else a for a in argv]
 
 
 @dataclass
@@ -153,6 +161,29 @@ class Render:
 
         out = render(self.run, self.views, self.frames, self.query, self.out)
         _console().print(f"rendered into {out}")
+
+
+@dataclass
+class Query:
+    """Relevancy of free text on a semantic run (any words, not only its labels): maps and heat maps per view."""
+
+    run: Path
+    """Run folder (a finished lerf, 3dovs or ovnerf fit)."""
+    text: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
+    """A query text (any words); repeat --text for several."""
+    views: list[int] | None = None
+    """Views to query (default: the annotated views)."""
+    out: Path | None = None
+    """Output folder (default RUN/query)."""
+    path: int = 0
+    """Also render a heat-map video of each text along the camera path, with this many frames (0: none)."""
+
+    def main(self) -> None:
+        from ovs3d.query import query
+
+        t0 = time.perf_counter()
+        out = query(self.run, self.text, self.views, self.out, self.path)
+        _console().print(f"{len(self.text)} queries in {time.perf_counter() - t0:.1f}s: {out}")
 
 
 @dataclass
@@ -291,6 +322,7 @@ def _commands(fit_type: type):
         | Annotated[fit_type, tyro.conf.subcommand("fit")]
         | Annotated[Eval, tyro.conf.subcommand("eval")]
         | Annotated[Render, tyro.conf.subcommand("render")]
+        | Annotated[Query, tyro.conf.subcommand("query")]
         | Annotated[Features, tyro.conf.subcommand("features")]
         | Annotated[Baseline, tyro.conf.subcommand("baseline")]
         | Annotated[Demo, tyro.conf.subcommand("demo")]
@@ -306,6 +338,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
     try:
         method = _method_flag(args) or DEFAULT_METHOD
         check_method(method)
+        args = _method_aliases(args, method)
         cmd = tyro.cli(_commands(_fit_command(method)), args=args, prog="ovs3d")
         cmd.main()
     except OVS3DError as e:
