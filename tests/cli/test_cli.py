@@ -315,6 +315,14 @@ def test_query_writes_maps_heatmaps_and_index(lerf_run: Path):
             assert (out / view / f"{slug}.png").is_file()
 
 
+def test_query_path_video(lerf_run: Path):
+    res = ovs3d("query", "--run", lerf_run, "--text", "a mug", "--views", 1, "--path", 3, "--out", "qp",
+                cwd=lerf_run.parent)  # fmt: skip
+    assert_ok(res)
+    video = lerf_run.parent / "qp" / "path" / "a_mug.mp4"
+    assert video.is_file() and video.stat().st_size > 0
+
+
 @pytest.mark.parametrize(
     "args,fragments",
     [
