@@ -1,0 +1,45 @@
+"""Tables of ``bench/bench_lerf.py`` records: per scene and variant mIoU, D_relevancy, recall, localisation.
+
+Usage::
+
+    python bench/lerf_table.py bench/out/lerf/results.jsonl --set tabletop
+    python bench/lerf_table.py bench/out/lerf/results.jsonl --set room --miou ovnerf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path)
+    ap.add_argument("--set", dest="scene_set", default="tabletop")
+    ap.add_argument("--miou", choices=["3dovs", "ovnerf"], default="3dovs", help="the scoring protocol of mIoU")
+    ap.add_argument("--variants", nargs="+", default=None)
+    args = ap.parse_args()
+    recs = [json.loads(x) for x in args.results.read_text().splitlines()]
+    recs = [r for r in recs if r["set"] == args.scene_set]
+    variants = args.variants or list(dict.fromkeys(r["variant"] for r in recs))
+    seeds = sorted({r["seed"] for r in recs})
+    key = "miou" if args.miou == "3dovs" else "miou_ovnerf"
+    by = {(r["variant"], r["seed"]): r for r in recs}
+    print(f"| variant | scenes | mIoU ({args.miou} scoring) | D_relevancy ↓ | recall | localisation | per scene D_rel / recall |")
+    print("|---|---|---|---|---|---|---|")
+    for v in variants:
+        rs = [by[(v, s)] for s in seeds if (v, s) in by]
+        if not rs:
+            continue
+        per = " ".join(f"{r['seed']}: {r['d_relevancy']:.3f} / {r['recall']:.2f}" for r in rs)
+        print(
+            f"| {v} | {len(rs)} | {np.mean([r[key] for r in rs]):.3f} | {np.mean([r['d_relevancy'] for r in rs]):.3f} | "
+            f"{np.mean([r['recall'] for r in rs]):.3f} | {np.mean([r['localization'] for r in rs]):.3f} | {per} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
