@@ -28,17 +28,16 @@ def main() -> None:
     seeds = sorted({r["seed"] for r in recs})
     key = "miou" if args.miou == "3dovs" else "miou_ovnerf"
     by = {(r["variant"], r["seed"]): r for r in recs}
-    print(f"| variant | scenes | mIoU ({args.miou} scoring) | D_relevancy ↓ | recall | localisation | per scene D_rel / recall |")
+    head = f"| variant | scenes | mIoU ({args.miou} scoring) | D_relevancy ↓ | recall | localisation |"
+    print(head + " per scene D_rel / recall |")
     print("|---|---|---|---|---|---|---|")
     for v in variants:
         rs = [by[(v, s)] for s in seeds if (v, s) in by]
         if not rs:
             continue
         per = " ".join(f"{r['seed']}: {r['d_relevancy']:.3f} / {r['recall']:.2f}" for r in rs)
-        print(
-            f"| {v} | {len(rs)} | {np.mean([r[key] for r in rs]):.3f} | {np.mean([r['d_relevancy'] for r in rs]):.3f} | "
-            f"{np.mean([r['recall'] for r in rs]):.3f} | {np.mean([r['localization'] for r in rs]):.3f} | {per} |"
-        )
+        means = [np.mean([r[k] for r in rs]) for k in (key, "d_relevancy", "recall", "localization")]
+        print(f"| {v} | {len(rs)} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {per} |")
 
 
 if __name__ == "__main__":
