@@ -48,7 +48,7 @@ def main() -> None:
     from ovs3d.io.loader import load_scene
     from ovs3d.query import load_run, view_relevancy
     from ovs3d.utils.console import set_quiet
-    from ovs3d.utils.files import atomic_write_image, atomic_write_json
+    from ovs3d.utils.files import atomic_write_json
 
     torch.set_num_threads(2)
     set_quiet(True)
@@ -70,6 +70,7 @@ def main() -> None:
             for q, text in enumerate(texts):
                 src = dict(pairs).get(text, text)
                 mask = gt[labels.index(src)]
+                cells[(str(run), text, v)] = relevancy_heatmap(rel[..., q], np.clip(rgb, 0, 1))
                 if not mask.any():
                     continue
                 records.append({
@@ -77,16 +78,18 @@ def main() -> None:
                     "is_label": text in labels, "max": float(rel[..., q].max()),
                     "localization": localization(rel[..., q], mask), "recall": query_recall(rel[..., q], mask),
                 })  # fmt: skip
-                if v == view0:
-                    cells[(str(run), text)] = relevancy_heatmap(rel[..., q], np.clip(rgb, 0, 1))
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "free_text.json", {"scene": str(args.scene), "pairs": pairs, "records": records})
-    # picture: rows = texts then their source labels, columns = runs
+    # picture: rows = texts then their source labels, columns = runs; each row on the first annotated view
+    # that shows its source label
     rows = [t for t, _ in pairs] + sorted({s for _, s in pairs})
-    grid = [np.concatenate([cells[(str(r), t)] for r in args.runs], axis=1) for t in rows]
-    atomic_write_image(args.out / "free_text.png", np.concatenate(grid, axis=0))
+    shown = {}
+    for t in rows:
+        src = labels.index(dict(pairs).get(t, t))
+        shown[t] = next((v for v in scene.annotated if scene.load_masks(v)[src].any()), view0)
+    _figure(args.out / "free_text.png", rows, args.runs, lambda t, r: cells[(str(r), t, shown[t])], shown)
     # summary table
-    print(f"scene {args.scene} (view {view0} pictured); columns: {', '.join(str(r) for r in args.runs)}")
+    print(f"scene {args.scene}; pictured views {shown}; columns: {', '.join(str(r) for r in args.runs)}")
     print("| text | source label | " + " | ".join(f"{Path(r).name} loc / recall / max" for r in args.runs) + " |")
     print("|---|---|" + "---|" * len(args.runs))
     for t in rows:
@@ -99,6 +102,34 @@ def main() -> None:
             mx = np.mean([x["max"] for x in rs])
             cols.append(f"{loc:.2f} / {rec:.2f} / {mx:.2f}")
         print(f"| {t} | {src} | " + " | ".join(cols) + " |")
+
+
+def _figure(path: Path, rows: list[str], runs: list[Path], cell, shown: dict) -> None:
+    """A labelled grid: one row per text (with its pictured view), one column per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = cell(rows[0], runs[0]).shape[:2]
+    fig, axes = plt.subplots(len(rows), len(runs), figsize=(1.0 + 2.2 * len(runs), 0.3 + 2.2 * h / w * len(rows)))
+    axes = np.atleast_2d(axes)
+    for i, t in enumerate(rows):
+        for j, r in enumerate(runs):
+            ax = axes[i, j]
+            ax.imshow(cell(t, r))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(Path(r).name.replace("+semantic.", " ").replace("full", "3dovs"), fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{t}\n(view {shown[t]})", fontsize=7)
+    title = "relevancy (turbo: 0 blue .. 1 red) of texts that are not labels, then of their source labels"
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
