@@ -303,6 +303,11 @@ def _print_metrics(metrics: dict, where: Path) -> None:
         if k in metrics and isinstance(metrics[k], (int, float)):
             fmt = f"{metrics[k]:.2f} dB" if k == "psnr" else f"{metrics[k]:.3f}"
             table.add_row(k, fmt)
+    rel = metrics.get("relevancy")
+    if isinstance(rel, dict):
+        for k in ("d_relevancy", "recall", "localization"):
+            if isinstance(rel.get(k), (int, float)):
+                table.add_row(f"{k} (relevancy)", f"{rel[k]:.3f}")
     con.print(table)
     if "per_view" in metrics and "classes" in metrics:
         per = Table(title="per-view mIoU")
