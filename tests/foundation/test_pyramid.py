@@ -363,6 +363,27 @@ def test_panoptic_override_at_most_one_tile_per_segment_per_level() -> None:
     assert centred_tiles(levels[-1], p, bb)[4] == -1  # the 1-pixel segment has no coarse tile centre
 
 
+def test_panoptic_all_overrides_every_tile_centred_in_an_active_segment() -> None:
+    h, w = 120, 160
+    p, e = segments_scene(h, w)
+    levels, grids, _ = one_view_pyramid(h, w)
+    out = apply_prior(grids, levels, p, e, h, "panoptic_all", 1.1)
+    scales = segment_scales(p, h)
+    for li, (lv, g0, g1) in enumerate(zip(levels, grids, out)):
+        rows, cols = centre_pixels(lv.row_centres, h), centre_pixels(lv.col_centres, w)
+        for i in range(lv.rows):
+            for j in range(lv.cols):
+                s = p[rows[i], cols[j]]
+                want = e[s] if s >= 0 and override_levels(scales[s], LERF_TILE_RATIOS)[li] else g0[i, j]
+                torch.testing.assert_close(g1[i, j], want.to(g1.dtype), rtol=0, atol=0)
+        torch.testing.assert_close(g1[-1], g1[-2], rtol=0, atol=0)
+    # a superset of the one-tile reading's overrides
+    one = apply_prior(grids, levels, p, e, h, "panoptic", 1.1)
+    for g0, g1, gall in zip(grids, one, out):
+        changed_one = (g0 != g1).any(-1)
+        assert torch.equal(gall[changed_one], g1[changed_one])
+
+
 def test_single_scale_and_full_segmentation_ablations() -> None:
     h, w = 120, 160
     p, e = segments_scene(h, w)

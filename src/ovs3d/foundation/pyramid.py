@@ -72,7 +72,7 @@ LERF_TILE_RATIOS: tuple[float, ...] = (0.05, 0.125, 0.2, 0.275, 0.35, 0.425, 0.5
 as torch float32, where ``0.275`` rounds up, so ``int(240 · 0.275) = 66`` as in LERF (a float64 linspace gives
 ``0.27499999999999997`` and a kernel of 65)."""
 
-PRIORS: tuple[str, ...] = ("none", "panoptic", "single_scale", "full_segmentation")
+PRIORS: tuple[str, ...] = ("none", "panoptic", "panoptic_all", "single_scale", "full_segmentation")
 """Accepted values of :attr:`PyramidConfig.prior`."""
 
 STRIDE_RATIO_RANGE: tuple[tuple[float, float], tuple[float, float]] = ((0.05, 0.15), (1.0, 0.5))
@@ -593,6 +593,9 @@ def apply_prior(
 
     - ``"panoptic"``: at each level :func:`override_levels` accepts, a segment replaces the one tile
       centred on it (:func:`centred_tiles`), if any.
+    - ``"panoptic_all"``: the other reading of the paper's §3.4 ("the original tile should be centered at
+      certain segmentation"): at each level the rule accepts, *every* tile whose centre pixel lies in the
+      segment takes its embedding.
     - ``"single_scale"``: at the largest level only, every tile whose centre pixel lies in a segment
       takes that segment's embedding.
     - ``"none"`` / ``"full_segmentation"``: grids unchanged (full segmentation is applied at lookup).
@@ -631,6 +634,16 @@ def apply_prior(
             tile = centred_tiles(lv, part, bb)
             segs = np.nonzero((tile >= 0) & active[:, li])[0]
             _override(grids, li, lv, tile[segs], e[torch.as_tensor(segs)])
+        return grids
+    if prior == "panoptic_all":
+        scales = np.maximum(bb[:, 2] - bb[:, 0], bb[:, 3] - bb[:, 1]).astype(np.float64) / float(height)
+        active = np.stack([override_levels(s, [lv.ratio for lv in levels], tolerance) for s in scales])  # [n, L]
+        h, w = part.shape
+        for li, lv in enumerate(levels):
+            seg = part[np.ix_(centre_pixels(lv.row_centres, h), centre_pixels(lv.col_centres, w))].reshape(-1)
+            tiles = np.nonzero(seg >= 0)[0]
+            tiles = tiles[active[seg[tiles], li]]
+            _override(grids, li, lv, tiles, e[torch.as_tensor(seg[tiles])])
         return grids
     # single_scale
     li = int(np.argmax([lv.ratio for lv in levels]))

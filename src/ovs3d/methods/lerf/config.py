@@ -12,9 +12,10 @@ from ovs3d.foundation.pyramid import LERF_TILE_RATIOS
 class LERFConfig:
     """LERF's language field and the panoptic prior (defaults: LERF's released code, narrower for a CPU)."""
 
-    prior: Literal["none", "panoptic", "single_scale", "full_segmentation"] = "panoptic"
+    prior: Literal["none", "panoptic", "panoptic_all", "single_scale", "full_segmentation"] = "panoptic"
     """CLIP pyramid prior (Ji et al. §3.3–3.4): none (LERF), panoptic (segment tiles override the pyramid tile
-    centred on each segment at the levels of its scale), single_scale (ablation: every tile of the largest
+    centred on each segment at the levels of its scale), panoptic_all (the other reading: every tile whose centre
+    lies in the segment, at those levels), single_scale (ablation: every tile of the largest
     level takes its segment's tile), full_segmentation (ablation: every pixel in a segment is supervised by
     its segment's tile at every scale). The segments come from ``--masks`` made non-overlapping."""
     n_iters: int = 1500
