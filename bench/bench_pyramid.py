@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,24 +39,13 @@ from PIL import Image
 from ovs3d.foundation.base import ViewImage
 from ovs3d.foundation.pixel_clip import encode_box_stream
 from ovs3d.foundation.pyramid import LERF_TILE_RATIOS, PyramidConfig, encode_pyramid, pyramid_features, pyramid_levels
-from ovs3d.foundation.registry import build_clip
 from ovs3d.io.scene import Scene
 from ovs3d.utils.console import set_quiet
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_pixel_clip import load_backend  # noqa: E402  (random-weight open_clip through build_clip)
+
 D = 512
-
-
-def load_backend(arch: str, batch_size: int):
-    """``OpenClipBackend`` built by ``build_clip`` from a temporary file of random ``arch`` weights."""
-    import open_clip  # optional dependency: pip install 'ovs3d[clip]'
-
-    torch.manual_seed(0)
-    model = open_clip.create_model(arch, pretrained=None)
-    with tempfile.TemporaryDirectory(prefix="ovs3d_bench_") as d:
-        path = Path(d) / f"{arch}-random.bin"
-        torch.save(model.state_dict(), path)
-        del model
-        return build_clip(f"open_clip:{arch}:{path}", None, batch_size=batch_size)
 
 
 def time_build(clip, view: ViewImage, threads: int, crops: int, batch_size: int) -> dict:
@@ -164,7 +154,7 @@ def main() -> None:
     cmd = "python bench/bench_pyramid.py" + (f" --crops {args.crops}" if args.crops else "")
     print(f"Command: `.venv/bin/{cmd}` (torch {torch.__version__})\n")
 
-    clip = load_backend(args.arch, args.batch_size)
+    clip = load_backend(args.arch, "cpu", args.batch_size)
     rng = np.random.default_rng(0)
     view = ViewImage(None, rng.random((378, 504, 3)).astype(np.float32))
     results = [time_build(clip, view, int(t), args.crops, args.batch_size) for t in args.threads.split(",")]

@@ -50,9 +50,9 @@ def main() -> None:
     set_quiet(True)
     real = None
     if args.real_text:
-        from bench_pyramid import load_backend
+        from bench_pixel_clip import load_backend
 
-        real = load_backend("ViT-B-16", 32)
+        real = load_backend("ViT-B-16", "cpu", 32)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
     print(
         "| run | method | view (W x H) | scales | stored render | render once | 1 text, encode excluded | "

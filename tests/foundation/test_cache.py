@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ovs3d.foundation.base import ViewImage
 from ovs3d.foundation.cache import CachedFeatures, FeatureCache, dequantise, quantise
@@ -25,7 +24,6 @@ from ovs3d.foundation.features import (
     stem_seed,
 )
 from ovs3d.foundation.pixel_clip import PixelClipConfig, pixel_clip_features
-from ovs3d.io.scene import Scene
 
 SHAPE = (3, 6, 8, 16)  # [S, H, W, D]
 
@@ -268,31 +266,8 @@ class FakeMasks:
         return m
 
 
-def make_scene(root: Path, n: int = 4, size: tuple[int, int] = (80, 60)) -> Scene:
-    rng = np.random.default_rng(0)
-    paths = []
-    (root / "images").mkdir(parents=True)
-    for i in range(n):
-        p = root / "images" / f"{i:02d}.png"
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(p)
-        paths.append(p)
-    return Scene(
-        root=root,
-        image_paths=paths,
-        width=size[0],
-        height=size[1],
-        c2w=np.zeros((n, 3, 4), np.float32),
-        intrinsics=np.zeros((n, 4), np.float32),
-        near_far=np.ones((n, 2), np.float32),
-        kind="forward",
-        aabb=np.zeros((2, 3), np.float32),
-        classes=["a", "b"],
-        annotated=[0],
-    )
-
-
-def test_clip_features_on_a_scene(tmp_path: Path) -> None:
-    scene = make_scene(tmp_path / "scene")
+def test_clip_features_on_a_scene(tmp_path: Path, image_scene) -> None:
+    scene = image_scene(tmp_path / "scene", n=4)
     cfg = FeatureConfig(semantic_downscale=2.0, views_fraction=0.5, pixel_clip=PixelClipConfig(batch_size=32))
     clip = FakeClip()
     feats = clip_features(scene, clip, [0, 1, 2, 3], cfg)
@@ -320,8 +295,8 @@ def test_select_views() -> None:
     assert select_views([4], 0.1) == [4]
 
 
-def test_dino_and_masks_on_a_scene(tmp_path: Path) -> None:
-    scene = make_scene(tmp_path / "scene", n=2)
+def test_dino_and_masks_on_a_scene(tmp_path: Path, image_scene) -> None:
+    scene = image_scene(tmp_path / "scene", n=2)
     cfg = FeatureConfig(semantic_downscale=2.0)
     dino = dino_features(scene, FakeDino(), [0, 1], cfg, cache_root=tmp_path / "c")
     assert len(dino) == 2 and dino[1].shape == (7, 10, 4) and dino.view_ids == [0, 1]

@@ -37,7 +37,6 @@ from ovs3d.foundation.pyramid import (
     unflatten_pyramid,
 )
 from ovs3d.foundation.sim import SimCLIP, SimScene
-from ovs3d.io.scene import Scene
 
 # ---- helpers --------------------------------------------------------------------------------------
 
@@ -471,28 +470,13 @@ def test_simclip_content_boxes(tmp_path: Path) -> None:
         clip.encode_crops(view, box, content=np.zeros((2, 4)))
 
 
-TINY_CLIP = "ovs3d-tiny-clip-pyramid-test"
-
-
 @pytest.fixture(scope="module")
-def tiny_open_clip(tmp_path_factory):
-    """A tiny open_clip architecture with random weights, loaded through the registry."""
-    open_clip = pytest.importorskip("open_clip")
+def tiny_open_clip(tiny_open_clip_weights):
+    """The tiny open_clip architecture of tests/foundation/conftest.py, loaded through the registry."""
     from ovs3d.foundation.registry import build_clip
 
-    d = tmp_path_factory.mktemp("tiny_clip_pyr")
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "patch_size": 32, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
-    (d / f"{TINY_CLIP}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(d / f"{TINY_CLIP}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_CLIP, pretrained=None)
-    path = d / "tiny.bin"
-    torch.save(model.state_dict(), path)
-    return build_clip(f"open_clip:{TINY_CLIP}:{path}", None, batch_size=3)
+    arch, path, _ = tiny_open_clip_weights
+    return build_clip(f"open_clip:{arch}:{path}", None, batch_size=3)
 
 
 def test_open_clip_content_boxes(tiny_open_clip) -> None:
@@ -536,31 +520,8 @@ class FakeMasks:
         return m
 
 
-def make_scene(root: Path, n: int = 3, size: tuple[int, int] = (80, 60)) -> Scene:
-    rng = np.random.default_rng(0)
-    paths = []
-    (root / "images").mkdir(parents=True)
-    for i in range(n):
-        p = root / "images" / f"{i:02d}.png"
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(p)
-        paths.append(p)
-    return Scene(
-        root=root,
-        image_paths=paths,
-        width=size[0],
-        height=size[1],
-        c2w=np.zeros((n, 3, 4), np.float32),
-        intrinsics=np.zeros((n, 4), np.float32),
-        near_far=np.ones((n, 2), np.float32),
-        kind="forward",
-        aabb=np.zeros((2, 3), np.float32),
-        classes=["a", "b"],
-        annotated=[0],
-    )
-
-
-def test_pyramid_cache_round_trip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    scene = make_scene(tmp_path / "scene")
+def test_pyramid_cache_round_trip(tmp_path: Path, image_scene, caplog: pytest.LogCaptureFixture) -> None:
+    scene = image_scene(tmp_path / "scene")
     cfg = PyramidConfig(downscale=2.0, batch_size=32)
     clip = KeyClip()
     feats = pyramid_features(scene, clip, [0, 2], cfg, tmp_path / "c")
@@ -592,8 +553,8 @@ def test_pyramid_cache_round_trip(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     np.testing.assert_array_equal(fixed[1], feats[1])
 
 
-def test_segment_tiles_and_load_pyramid(tmp_path: Path) -> None:
-    scene = make_scene(tmp_path / "scene")
+def test_segment_tiles_and_load_pyramid(tmp_path: Path, image_scene) -> None:
+    scene = image_scene(tmp_path / "scene")
     root = tmp_path / "c"
     cfg = PyramidConfig(downscale=2.0, prior="panoptic")
     with pytest.raises(ValueError, match="mask backend"):

@@ -6,7 +6,6 @@ through the flag parser, and the loaded parameters must equal the saved ones.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -19,7 +18,7 @@ from ovs3d.foundation.registry import build_clip, build_dino, build_masks
 
 open_clip = pytest.importorskip("open_clip")
 
-TINY = "ovs3d-tiny-clip-test"
+TINY = "ovs3d-tiny-clip-test"  # = conftest.TINY_OPEN_CLIP
 
 
 @pytest.fixture(autouse=True)
@@ -38,21 +37,9 @@ def assert_same_state(model: torch.nn.Module, saved: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A tiny open_clip architecture (registered for the test) with random weights saved to a file."""
-    d = tmp_path_factory.mktemp("tiny_clip")
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "patch_size": 32, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
-    (d / f"{TINY}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(d / f"{TINY}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY, pretrained=None)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    path = d / "tiny weights.bin"  # a space in the name on purpose
-    torch.save(state, path)
+def tiny_clip(tiny_open_clip_weights):
+    """``(weights file, saved state)`` of the tiny open_clip architecture ``TINY`` (tests/foundation/conftest.py)."""
+    _, path, state = tiny_open_clip_weights
     return path, state
 
 
