@@ -49,13 +49,17 @@ class LoadedRun:
     negatives: torch.Tensor
     clip: object = None
 
-    def encode(self, texts: list[str]) -> torch.Tensor:
-        """``[Q, D]`` unit text embeddings from the run's CLIP backend."""
+    def backend(self):
+        """The run's CLIP backend, built on first use."""
         if self.clip is None:
             from ovs3d.run import _backends
 
             self.clip = _backends(self.cfg, self.scene, self.method.device, {"clip"})["clip"]
-        return F.normalize(self.clip.encode_text(list(texts)).float(), dim=-1)
+        return self.clip
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """``[Q, D]`` unit text embeddings from the run's CLIP backend."""
+        return F.normalize(self.backend().encode_text(list(texts)).float(), dim=-1)
 
 
 def check_texts(texts: list[str] | None) -> list[str]:
@@ -88,7 +92,11 @@ def load_run(run: Path) -> LoadedRun:
     device = resolve_device(cfg.device)
     trained = load_trained_field(Path(run) / "checkpoints" / CHECKPOINT_NAME, device)
     method = _load_method(cfg, trained, Path(run), device)
-    return LoadedRun(Path(run), cfg, scene, method, method_negatives(cfg, scene, method))
+    loaded = LoadedRun(Path(run), cfg, scene, method, torch.zeros(0))
+    # the CLIP backend is built (once) here only when the method has no negatives of its own
+    own = getattr(method, "negatives", None)
+    loaded.negatives = own if own is not None else method_negatives(cfg, scene, method, loaded.backend())
+    return loaded
 
 
 def check_views(scene, views: list[int] | None) -> list[int]:

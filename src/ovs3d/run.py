@@ -335,9 +335,9 @@ def _evaluate_segmentation(scene, cfg: FitConfig, method, eval_dir: Path, split:
     return write_segmentation_eval(eval_dir, list(scene.classes), preds, gts, rgbs, split, extra, metric=protocol)
 
 
-def method_negatives(cfg: FitConfig, scene, method):
+def method_negatives(cfg: FitConfig, scene, method, clip=None):
     """``[N, D]`` unit embeddings of LERF's canonical negatives for a method: its own (LERF stores the ones it
-    trained with), else encoded by the run's CLIP backend."""
+    trained with), else encoded by ``clip`` (default: the run's CLIP backend, built here)."""
     import torch
 
     from ovs3d.relevancy import CANONICAL_NEGATIVES
@@ -345,7 +345,7 @@ def method_negatives(cfg: FitConfig, scene, method):
     own = getattr(method, "negatives", None)
     if own is not None:
         return own
-    clip = _backends(cfg, scene, method.device, {"clip"})["clip"]
+    clip = clip or _backends(cfg, scene, method.device, {"clip"})["clip"]
     return torch.nn.functional.normalize(clip.encode_text(list(CANONICAL_NEGATIVES)).float(), dim=-1)
 
 
@@ -389,13 +389,14 @@ def render(
     if cfg.method != RECONSTRUCTION_ONLY and sem_ckpt.exists():
         method = _load_method(cfg, trained, Path(run), device)
         queries = list(labels or scene.classes)
+        needs_clip = bool(labels) or getattr(method, "negatives", None) is None
+        clip = _backends(cfg, scene, device, {"clip"})["clip"] if needs_clip else None  # built once
         if labels:
-            clip = _backends(cfg, scene, device, {"clip"})["clip"]
             qtext = torch.nn.functional.normalize(clip.encode_text(queries).float(), dim=-1)
         else:
             qtext = method.text
         semantic = (method, queries, qtext)
-        negatives = method_negatives(cfg, scene, method)
+        negatives = method_negatives(cfg, scene, method, clip)
     out = Path(out or Path(run) / "render")
     ds = cfg.features.semantic_downscale if semantic else cfg.recon.rgb_downscale
     w, h = scene.image_size(ds)
