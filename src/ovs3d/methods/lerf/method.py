@@ -75,8 +75,7 @@ def pixel_to_grid(n_out: int, n_in: int) -> Tensor:
 
 def scale_unit(scene: Scene, view: int) -> float:
     """``H / f_y`` of a view: the world size at depth 1 of a tile as tall as the image."""
-    w, h = scene.image_size(1.0)
-    return float(h / scene.intrinsics_at(1.0)[view][1])
+    return float(scene.image_size(1.0)[1] / scene.intrinsics_at(1.0)[view][1])
 
 
 def prepare_language_data(scene: Scene, trained: TrainedField, fit_cfg, backends: dict[str, Any]) -> LanguageData:
@@ -244,7 +243,7 @@ class LERF(SemanticMethod):
         batch = data.pixels.index(idx)
         keep = batch.weights > 0  # [B, K]
         pts, w, ray = packed(batch)
-        s_img = (level.float() + u) / n_bins  # [B] LERF's normalised position in the tile range
+        s_img = data.pyramid.scale_value(level, u)  # [B] LERF's normalised position in the tile range
         scale = (s_img[:, None] * data.scale_unit[idx][:, None] * data.depth[idx])[keep]  # [M]
         enc = self.language.encode(pts.to(dev))
         clip = self.language.clip(enc, scale.to(dev))
