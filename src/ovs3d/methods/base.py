@@ -47,6 +47,8 @@ class SemanticMethod(abc.ABC):
     legacy_settings: ClassVar[dict[str, Any]] = {}
     """What settings added to ``config_type`` later meant before they existed (read into older runs)."""
     kind = "semantic"
+    score_scale: ClassVar[float] = 100.0
+    """Factor on :meth:`label_logits` before the softmax of :meth:`label_scores` (CLIP's logit scale, for cosines)."""
 
     def __init__(self, trained: TrainedField, cfg: Any, text: Tensor, device) -> None:
         self.trained, self.cfg, self.device = trained, cfg, device
@@ -141,6 +143,11 @@ class SemanticMethod(abc.ABC):
         flat = feats.reshape(-1, *feats.shape[-2:])  # a view for renders laid out [..., S, D]
         rel, _ = best_scale_relevancy(flat, queries.to(flat.device).float(), negatives.to(flat.device).float())
         return rel.reshape(*shape, queries.shape[0])
+
+    def label_scores(self, render: dict[str, Tensor]) -> Tensor:
+        """``[..., C]`` probability of each label: softmax over the labels of ``score_scale`` × the logits (for
+        cosine logits, CLIP's own zero-shot classification probabilities)."""
+        return torch.softmax(self.label_logits(render).float() * self.score_scale, dim=-1)
 
     def predict_labels(self, render: dict[str, Tensor]) -> Tensor:
         """``[...]`` int64 label indices: argmax over the scene's labels (closed set)."""

@@ -114,3 +114,68 @@ def camera_depth(scene: Scene, view: int, xyz: Tensor) -> Tensor:
     c2w = torch.as_tensor(np.asarray(scene.c2w[view]), dtype=torch.float32)
     world = field_to_world(scene, xyz.float())
     return (world - c2w[:3, 3]) @ c2w[:3, 2]
+
+
+def world_to_field(scene: Scene, xyz: Tensor) -> Tensor:
+    """Inverse of :func:`field_to_world`: normalised-world points ``[..., 3]`` to the field's frame (NDC for
+    forward-facing scenes; points at or behind the near plane map to NDC z <= -1)."""
+    if scene.kind != "forward":
+        return xyz
+    w, h = scene.image_size(1.0)
+    fx, fy = (float(f) for f in scene.intrinsics_at(1.0)[0][:2])
+    ax, ay = -2.0 * fx / w, -2.0 * fy / h
+    z = xyz[..., 2]
+    return torch.stack([ax * xyz[..., 0] / z, ay * xyz[..., 1] / z, 1.0 + 2.0 / z], dim=-1)
+
+
+def _similarity(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    m = np.asarray(scene.world_from_file, dtype=np.float64)
+    return m[:3, :3], m[:3, 3]
+
+
+def world_to_input(scene: Scene, xyz: Tensor | np.ndarray) -> np.ndarray:
+    """Normalised-world points ``[..., 3]`` in the frame of the scene's input poses (SPEC §6): the loader's
+    recentring, rotation and scaling (``Scene.world_from_file``) undone. Returns float64 numpy."""
+    a, b = _similarity(scene)
+    p = np.asarray(xyz.detach().cpu() if isinstance(xyz, Tensor) else xyz, dtype=np.float64)
+    return (p - b) @ np.linalg.inv(a).T
+
+
+def input_to_world(scene: Scene, xyz: np.ndarray) -> np.ndarray:
+    """Points ``[..., 3]`` of the input poses' frame in the normalised world (float64)."""
+    a, b = _similarity(scene)
+    return np.asarray(xyz, dtype=np.float64) @ a.T + b
+
+
+def field_to_input(scene: Scene, xyz: Tensor) -> np.ndarray:
+    """Field-frame points ``[..., 3]`` (NDC for forward-facing scenes) in the input poses' frame (float64)."""
+    return world_to_input(scene, field_to_world(scene, xyz.float()))
+
+
+def input_scale(scene: Scene) -> float:
+    """Length of one normalised-world unit in the input frame (the inverse of the loader's scale)."""
+    a, _ = _similarity(scene)
+    return float(1.0 / np.cbrt(abs(np.linalg.det(a))))
+
+
+def c2w_to_input(scene: Scene, c2w: np.ndarray) -> np.ndarray:
+    """OpenCV camera-to-world ``[..., 3, 4]`` of the normalised world in the input frame (still OpenCV)."""
+    a, _ = _similarity(scene)
+    rot = a / np.cbrt(np.linalg.det(a))
+    c2w = np.asarray(c2w, dtype=np.float64)
+    out = np.empty_like(c2w)
+    out[..., :3, :3] = rot.T @ c2w[..., :3, :3]
+    out[..., :3, 3] = world_to_input(scene, c2w[..., :3, 3])
+    return out
+
+
+def c2w_from_input(scene: Scene, c2w: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`c2w_to_input`: an OpenCV camera of the input frame ``[..., 3, 4]`` in the normalised
+    world (e.g. the viewer's camera, which lives in the input frame)."""
+    a, _ = _similarity(scene)
+    rot = a / np.cbrt(np.linalg.det(a))
+    c2w = np.asarray(c2w, dtype=np.float64)
+    out = np.empty_like(c2w)
+    out[..., :3, :3] = rot @ c2w[..., :3, :3]
+    out[..., :3, 3] = input_to_world(scene, c2w[..., :3, 3])
+    return out

@@ -163,6 +163,7 @@ class LERF(SemanticMethod):
     name = "lerf"
     config_type = LERFConfig
     summary_settings = ("prior", "clip_loss", "use_dino", "n_iters", "query_scales")
+    score_scale = 10.0  # the logits are relevancies in [0, 1]; LERF's temperature on them
 
     def __init__(
         self,

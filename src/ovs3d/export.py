@@ -1,0 +1,698 @@
+"""``ovs3d export``: the semantic field baked to labelled 3D points and per-label meshes (SPEC §6).
+
+**Points: fused depth of the training views.** Every training view is rendered at the run's semantic
+resolution; each pixel ray whose opacity exceeds ``min_opacity`` gives one point at its *median* surface
+(the first of its heaviest samples where the cumulative compositing weight reaches half the ray's total —
+unlike the expected depth, it never floats between a foreground edge and the background). The point takes
+the ray's rendered colour, the label the method predicts for that pixel (the same argmax as ``ovs3d eval``)
+with its probability, and, for ``--text``, the text's relevancy. Points of all views are then fused in a
+voxel grid of the field's frame (NDC for forward-facing scenes, so one voxel spans about one pixel of the
+reference view at every depth): per voxel the mean position and colour, the label with the largest summed
+probability over the rays that voted for it, its mean probability, the mean relevancy. Each point records
+the radius of the surface patch it stands for (its pixel footprint at its depth, at least the voxel's), so
+a z-buffer splat of the points covers the views' surfaces without holes.
+
+**Frame.** Points and meshes are written in the world frame of the scene's input poses: NDC undone, then
+the loader's recentring, rotation and scaling (:func:`ovs3d.render.scene_rays.field_to_input`).
+
+**Meshes.** Per label, marching cubes (scikit-image) on the field's alpha (density over one grid step) on a
+grid in the field's frame, restricted to the cells whose nearest fused point (within two voxels) carries
+that label; vertices are mapped to the input frame like the points.
+
+Output folder (written in a temporary sibling folder and renamed into place, so it is complete or absent)::
+
+    DIR/points.ply            SPEC §6 (plus float radius and one float rel_<slug> per --text)
+    DIR/labels.json           {"classes", "colors", "frame", "run", "method", "texts", "score", ...}
+    DIR/meshes/<slug>.ply     one triangle mesh per label that has one
+    DIR/points.npz            (--format npz) the same arrays
+    DIR/points_gaussians.ply  (--format gaussian) 3D Gaussian splatting's PLY layout (+ label, score)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ovs3d.errors import OVS3DError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ExportConfig",
+    "PointCloud",
+    "bake_points",
+    "export_run",
+    "fuse_points",
+    "label_meshes",
+    "load_points",
+    "read_points",
+    "write_points_ply",
+]
+
+EXPORT_FORMATS = ("ply", "gaussian", "npz")
+SH_C0 = 0.28209479177387814
+"""Zeroth spherical-harmonic constant: 3D Gaussian splatting stores colour as ``(rgb - 0.5) / SH_C0``."""
+
+
+@dataclass
+class ExportConfig:
+    """How a run is baked to points and meshes."""
+
+    views: list[int] | None = None
+    """Views whose depth is fused (default: the run's training views)."""
+    downscale: float | None = None
+    """Resolution of the fused renders as a downscale of the images (default: the run's semantic resolution;
+    the reconstruction's for RGB-only runs)."""
+    min_opacity: float = 0.5
+    """Rays whose accumulated opacity is below this give no point (they see empty space)."""
+    voxel: float = 1.0
+    """Fusion voxel edge, in units of the median pixel footprint of the fused points."""
+    texts: list[str] = field(default_factory=list)
+    """Free texts whose relevancy is stored per point (``rel_<slug>`` properties)."""
+    meshes: bool = True
+    """Also write one mesh per label."""
+    mesh_resolution: int = 128
+    """Cells along the longest side of the marching-cubes grid."""
+    mesh_level: float = 0.5
+    """Iso-level of the alpha (density integrated over one grid step) the mesh surfaces."""
+    format: Literal["ply", "gaussian", "npz"] = "ply"
+    """Extra format beside ``points.ply``: ``gaussian`` (3DGS-style PLY) or ``npz``; ``ply``: none."""
+
+
+@dataclass
+class PointCloud:
+    """Labelled points in the frame of the scene's input poses.
+
+    Attributes:
+        xyz: ``[N, 3]`` float32 positions.
+        rgb: ``[N, 3]`` uint8 colours.
+        label: ``[N]`` int16 class index into ``classes`` (-1: no label).
+        score: ``[N]`` float32 probability of that label (0 without a label).
+        radius: ``[N]`` float32 radius of the surface patch each point stands for (input-frame units).
+        classes: the label names.
+        colors: ``[C, 3]`` uint8 label colours (the palette of the overlays).
+        properties: more ``[N]`` float32 per-point values (``rel_<slug>``: relevancy of a text).
+        field_xyz: ``[N, 3]`` float32 positions in the field's frame (not written; used for meshes).
+    """
+
+    xyz: np.ndarray
+    rgb: np.ndarray
+    label: np.ndarray
+    score: np.ndarray
+    radius: np.ndarray
+    classes: list[str]
+    colors: np.ndarray
+    properties: dict[str, np.ndarray] = field(default_factory=dict)
+    field_xyz: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.xyz.shape[0])
+
+
+# -- pure parts ---------------------------------------------------------------------------------------------
+
+
+def median_surface(xyz: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each ray's median surface point: the first sample where the cumulative weight reaches half the total.
+
+    Args:
+        xyz: ``[R, K, 3]`` sample positions, front to back.
+        weights: ``[R, K]`` their compositing weights.
+
+    Returns:
+        ``[R, 3]`` positions (a ray without weight gets its first sample).
+    """
+    cum = weights.cumsum(1)
+    half = 0.5 * cum[:, -1:]
+    idx = (cum < half).sum(1).clamp(max=xyz.shape[1] - 1)
+    return xyz[torch.arange(xyz.shape[0]), idx]
+
+
+def voxel_keys(xyz: np.ndarray, voxel: float) -> np.ndarray:
+    """``[N]`` int64 index of the voxel of edge ``voxel`` holding each point ``[N, 3]`` (unique per voxel)."""
+    cells = np.floor(np.asarray(xyz, dtype=np.float64) / voxel).astype(np.int64)
+    cells -= cells.min(0)
+    dims = cells.max(0) + 1
+    return (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
+
+
+def fuse_points(
+    field_xyz: np.ndarray,
+    rgb: np.ndarray,
+    label: np.ndarray,
+    score: np.ndarray,
+    radius: np.ndarray,
+    voxel: float,
+    n_classes: int,
+    properties: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Fuse points that share a voxel: mean position, colour, radius and properties; score-weighted label vote.
+
+    Args:
+        field_xyz: ``[N, 3]`` positions in the field's frame (the voxels are cut there).
+        rgb: ``[N, 3]`` float colours in [0, 1].
+        label: ``[N]`` int label per point (-1: none).
+        score: ``[N]`` its probability.
+        radius: ``[N]`` patch radius.
+        voxel: voxel edge in the field's frame.
+        n_classes: ``C``.
+        properties: more ``[N]`` values, averaged.
+
+    Returns:
+        ``{"field_xyz", "rgb", "label", "score", "radius", "inverse", **properties}`` per fused point
+        (``inverse`` ``[N]``: the fused point each input point went to). The label is the one with the
+        largest summed score among the voxel's points; its score is the mean score of the points voting
+        for it.
+    """
+    keys = voxel_keys(field_xyz, voxel)
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    m = counts.shape[0]
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        flat = values.reshape(values.shape[0], -1)
+        out = np.stack([np.bincount(inverse, weights=flat[:, k], minlength=m) for k in range(flat.shape[1])], -1)
+        return (out / counts[:, None]).reshape((m,) + values.shape[1:])
+
+    out = {
+        "field_xyz": mean(field_xyz).astype(np.float32),
+        "rgb": mean(rgb).astype(np.float32),
+        "radius": mean(radius).astype(np.float32),
+        "inverse": inverse,
+    }
+    lab = np.asarray(label, dtype=np.int64)
+    has = lab >= 0
+    if n_classes > 0 and has.any():
+        votes = np.bincount(
+            inverse[has] * n_classes + lab[has], weights=np.asarray(score, np.float64)[has], minlength=m * n_classes
+        ).reshape(m, n_classes)
+        voters = np.bincount(inverse[has] * n_classes + lab[has], minlength=m * n_classes).reshape(m, n_classes)
+        best = votes.argmax(1)
+        n_best = voters[np.arange(m), best]
+        out["label"] = np.where(n_best > 0, best, -1).astype(np.int16)
+        out["score"] = np.where(n_best > 0, votes[np.arange(m), best] / np.maximum(n_best, 1), 0.0).astype(np.float32)
+    else:
+        out["label"] = np.full(m, -1, dtype=np.int16)
+        out["score"] = np.zeros(m, dtype=np.float32)
+    for name, values in (properties or {}).items():
+        out[name] = mean(values).astype(np.float32)
+    return out
+
+
+def marching_cubes_mesh(volume: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Triangle mesh of an iso-surface (scikit-image's marching cubes).
+
+    Args:
+        volume: ``[G_x, G_y, G_z]`` scalar grid.
+        level: iso-level.
+
+    Returns:
+        ``(vertices [V, 3] in grid index units, faces [F, 3] int32)``, or ``None`` when the level is not crossed.
+    """
+    from skimage.measure import marching_cubes
+
+    if not (volume.max() > level > volume.min()):
+        return None
+    # A one-cell border of zeros closes surfaces cut by the grid's bounds.
+    padded = np.pad(volume, 1)
+    verts, faces, _, _ = marching_cubes(padded, level=level)
+    return (verts - 1.0).astype(np.float32), faces.astype(np.int32)
+
+
+# -- baking a run ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _OpenRun:
+    """What baking needs from a run: its config, scene, field and (semantic runs) method and query encoder."""
+
+    fit_cfg: object
+    scene: object
+    trained: object
+    loaded: object = None  # ovs3d.query.LoadedRun of a semantic run
+
+    @property
+    def semantic(self) -> bool:
+        return self.loaded is not None
+
+
+def _open_run(run: Path) -> _OpenRun:
+    from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field
+    from ovs3d.run import RECONSTRUCTION_ONLY, _load_scene, fit_config_from_run
+    from ovs3d.utils.device import resolve_device
+
+    fit_cfg = fit_config_from_run(run)
+    if fit_cfg.method != RECONSTRUCTION_ONLY:
+        from ovs3d.query import load_run
+
+        loaded = load_run(Path(run))
+        return _OpenRun(fit_cfg, loaded.scene, loaded.method.trained, loaded)
+    ckpt = Path(run) / "checkpoints" / CHECKPOINT_NAME
+    if not ckpt.exists():
+        raise OVS3DError(f"{run} has no reconstruction yet; run the same `ovs3d fit` command again to finish it")
+    scene = _load_scene(fit_cfg.scene, fit_cfg.kind)
+    return _OpenRun(fit_cfg, scene, load_trained_field(ckpt, resolve_device(fit_cfg.device)))
+
+
+def bake_points(run: Path, cfg: ExportConfig | None = None) -> tuple[PointCloud, dict]:
+    """Bake a finished run to labelled points (RGB-only points for a reconstruction-only run).
+
+    Args:
+        run: the run folder.
+        cfg: export settings (default :class:`ExportConfig`).
+
+    Returns:
+        ``(points, info)``: the fused :class:`PointCloud` in the input frame (``field_xyz`` kept) and a
+        dict of what was done (views, resolution, voxel, counts, seconds, ``semantic``).
+    """
+    return _bake(_open_run(Path(run)), cfg or ExportConfig())
+
+
+@torch.no_grad()
+def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
+    from ovs3d.eval.visualize import label_palette
+    from ovs3d.query import check_texts, check_views, unique_slugs
+    from ovs3d.render.cached import top_samples
+    from ovs3d.render.scene_rays import field_to_input, field_to_world, input_scale, ray_near, view_rays
+    from ovs3d.utils.console import progress
+
+    t0 = time.perf_counter()
+    fit_cfg, scene, trained = opened.fit_cfg, opened.scene, opened.trained
+    texts = check_texts(cfg.texts) if cfg.texts else []
+    if opened.semantic:
+        method = opened.loaded.method
+        queries = opened.loaded.encode(texts) if texts else None
+        downscale = cfg.downscale or fit_cfg.features.semantic_downscale
+    else:
+        if texts:
+            raise OVS3DError("this is a reconstruction-only run (--method rgb): it has no language for --text")
+        method, queries = None, None
+        downscale = cfg.downscale or fit_cfg.recon.rgb_downscale
+    views = scene.train_views(fit_cfg.holdout) if cfg.views is None else check_views(scene, cfg.views)
+    if not views:
+        raise OVS3DError("no views to fuse: pass --views with at least one view index")
+    slugs = unique_slugs(texts)
+    near = ray_near(scene)
+    fx = float(scene.intrinsics_at(downscale)[0][0])
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("xyz", "rgb", "label", "score", "radius")}
+    rel_parts: list[np.ndarray] = []
+    n_rays = 0
+    for v in progress(views, desc="fusing views"):
+        rays_o, rays_d = view_rays(scene, v, downscale)
+        n_rays += rays_o.shape[0]
+        samples = top_samples(trained, rays_o, rays_d, near, 8)
+        surface = median_surface(samples.xyz, samples.weights)  # [R, 3] field frame
+        if method is not None:
+            render = method.render_rays(rays_o, rays_d, near)
+            rgb = render["rgb"].float()
+            # one image at a time, as eval: LERF picks each label's scale over the whole view
+            scores = method.label_scores(render)
+            label = method.predict_labels(render)
+            score = scores.gather(-1, label[:, None])[:, 0]
+            negatives = opened.loaded.negatives
+            rel = method.relevancy(render, queries, negatives).float() if queries is not None else None
+        else:
+            from ovs3d.methods.reconstruction import render_rays_chunked
+
+            w, h = scene.image_size(downscale)
+            out = render_rays_chunked(trained, rays_o, rays_d, near, (h, w))
+            rgb = torch.from_numpy(out["rgb"]).reshape(-1, 3)
+            label = torch.full((rgb.shape[0],), -1, dtype=torch.long)
+            score, rel = torch.zeros(rgb.shape[0]), None
+        acc = samples.weights.sum(1)
+        keep = acc >= cfg.min_opacity
+        if scene.kind == "forward":
+            keep &= surface[:, 2] < 1.0 - 1e-3  # NDC z -> 1 is infinitely far: no surface to export
+        world = field_to_world(scene, surface[keep])
+        c2w = torch.as_tensor(np.asarray(scene.c2w[v]), dtype=torch.float32)
+        depth = ((world - c2w[:3, 3]) @ c2w[:3, 2]).clamp_min(0)
+        parts["xyz"].append(surface[keep].numpy())
+        parts["rgb"].append(rgb[keep].numpy())
+        parts["label"].append(label[keep].numpy())
+        parts["score"].append(score[keep].numpy())
+        # half the pixel's diagonal at the point's depth, in normalised-world units
+        parts["radius"].append((depth * (math.sqrt(2) / 2) / fx).numpy())
+        if rel is not None:
+            rel_parts.append(rel[keep].numpy())
+    cat = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
+    if cat["xyz"].shape[0] == 0:
+        raise OVS3DError(
+            f"no surface found: no ray of the {len(views)} views reached opacity {cfg.min_opacity}; "
+            "check the reconstruction (ovs3d eval) or lower --min-opacity"
+        )
+    props = {}
+    if rel_parts:
+        rel_all = np.concatenate(rel_parts)
+        props = {f"rel_{s}": rel_all[:, q] for q, s in enumerate(slugs)}
+    # Voxel edge: the median pixel footprint measured in the field's frame (NDC x spans the reference image).
+    foot = _field_footprint(scene, downscale, cat["xyz"], cat["radius"])
+    voxel = cfg.voxel * foot
+    classes = list(scene.classes) if opened.semantic else []
+    fused = fuse_points(cat["xyz"], cat["rgb"], cat["label"], cat["score"], cat["radius"], voxel, len(classes), props)
+    scale = input_scale(scene)
+    # The radius was fused in world units; the voxel floor is in field units: convert it for NDC scenes.
+    radius_world = np.bincount(fused["inverse"], weights=cat["radius"], minlength=len(fused["score"]))
+    radius_world /= np.bincount(fused["inverse"], minlength=len(fused["score"]))
+    floor = _voxel_world_radius(scene, fused["field_xyz"], voxel)
+    radius = np.maximum(radius_world, floor) * scale
+    pts = PointCloud(
+        xyz=field_to_input(scene, torch.from_numpy(fused["field_xyz"])).astype(np.float32),
+        rgb=np.clip(np.round(fused["rgb"] * 255), 0, 255).astype(np.uint8),
+        label=fused["label"],
+        score=fused["score"],
+        radius=radius.astype(np.float32),
+        classes=classes,
+        colors=label_palette(len(classes)).astype(np.uint8) if classes else np.zeros((0, 3), np.uint8),
+        properties={k: fused[k] for k in props},
+        field_xyz=fused["field_xyz"],
+    )
+    info = {
+        "semantic": opened.semantic,
+        "method": fit_cfg.method,
+        "views": [int(v) for v in views],
+        "resolution": list(scene.image_size(downscale)),
+        "rays": int(n_rays),
+        "points_before_fusion": int(cat["xyz"].shape[0]),
+        "points": len(pts),
+        "voxel_field": float(voxel),
+        "texts": [{"text": t, "property": f"rel_{s}"} for t, s in zip(texts, slugs)],
+        "seconds_points": time.perf_counter() - t0,
+        "scene_kind": scene.kind,
+    }
+    return pts, info
+
+
+def _field_footprint(scene, downscale: float, field_xyz: np.ndarray, radius_world: np.ndarray) -> float:
+    """Median pixel footprint in the field's frame: one pixel of NDC x for forward-facing scenes (depth-free),
+    else the median world footprint."""
+    if scene.kind == "forward":
+        w, _ = scene.image_size(downscale)
+        return 2.0 / w
+    return float(np.median(radius_world) * 2 / math.sqrt(2))
+
+
+def _voxel_world_radius(scene, field_xyz: np.ndarray, voxel: float) -> np.ndarray:
+    """``[M]`` world radius of a field voxel at each fused point (NDC voxels grow with depth)."""
+    half_diag = voxel * math.sqrt(3) / 2
+    if scene.kind != "forward":
+        return np.full(field_xyz.shape[0], half_diag)
+    from ovs3d.render.scene_rays import field_to_world
+
+    p = torch.from_numpy(np.asarray(field_xyz, dtype=np.float32))
+    q = p.clone()
+    q[:, 0] += half_diag  # a step of the voxel's half diagonal along NDC x, measured in the world
+    return (field_to_world(scene, q) - field_to_world(scene, p)).norm(dim=-1).numpy()
+
+
+@torch.no_grad()
+def label_meshes(points: PointCloud, trained, scene, cfg: ExportConfig) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """One mesh per label: marching cubes on the field's alpha restricted to the cells of that label.
+
+    Args:
+        points: fused points with ``field_xyz`` (their labels decide each cell's label).
+        trained: the reconstructed field (density).
+        scene: the scene (frame conversions).
+        cfg: grid resolution and iso-level.
+
+    Returns:
+        label index -> ``(vertices [V, 3] float32 in the input frame, faces [F, 3] int32)``.
+    """
+    from scipy.spatial import cKDTree
+
+    from ovs3d.render.scene_rays import field_to_input
+
+    if points.field_xyz is None or not points.classes or len(points) == 0:
+        return {}
+    lo, hi = _mesh_box(points.field_xyz, scene)
+    step = float((hi - lo).max()) / cfg.mesh_resolution
+    dims = np.maximum(np.ceil((hi - lo) / step).astype(int), 2)
+    axes = [lo[k] + step * (np.arange(dims[k]) + 0.5) for k in range(3)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+    field_ = trained.field
+    dev = trained.device
+    sig = torch.cat([field_.density(torch.from_numpy(c).to(dev)).cpu() for c in np.array_split(grid, 64)])
+    alpha = 1.0 - torch.exp(-sig * step * trained.config.march.distance_scale)
+    alpha = alpha.numpy().reshape(*dims)
+    tree = cKDTree(points.field_xyz)
+    dist, nearest = tree.query(grid, k=1, workers=-1)
+    # A cell takes the label of its nearest fused point within two grid steps (or two voxels); farther
+    # cells saw no surface in any fused view.
+    labels = np.where(dist <= 2.0 * max(step, _nn_spacing(tree)), points.label[nearest], -1).reshape(*dims)
+    out = {}
+    for c in range(len(points.classes)):
+        if not (labels == c).any():
+            continue
+        mesh = marching_cubes_mesh(np.where(labels == c, alpha, 0.0), cfg.mesh_level)
+        if mesh is None:
+            continue
+        verts, faces = mesh
+        verts_field = lo + (verts + 0.5) * step
+        out[c] = (field_to_input(scene, torch.from_numpy(verts_field.astype(np.float32))).astype(np.float32), faces)
+    return out
+
+
+def _nn_spacing(tree) -> float:
+    """Median distance from a point to its nearest neighbour (a sample of at most 2000 points)."""
+    data = tree.data
+    idx = np.linspace(0, data.shape[0] - 1, min(2000, data.shape[0])).astype(int)
+    d, _ = tree.query(data[idx], k=2)
+    return float(np.median(d[:, 1]))
+
+
+def _mesh_box(field_xyz: np.ndarray, scene) -> tuple[np.ndarray, np.ndarray]:
+    """The marching-cubes box in the field's frame: the fused points' box (1% margin), inside the field box."""
+    from ovs3d.render.scene_rays import field_aabb
+
+    aabb = field_aabb(scene).numpy()
+    lo, hi = field_xyz.min(0), field_xyz.max(0)
+    pad = 0.01 * (hi - lo).max()
+    return np.maximum(lo - pad, aabb[0]), np.minimum(hi + pad, aabb[1])
+
+
+# -- files -------------------------------------------------------------------------------------------------
+
+
+def _vertex_array(points: PointCloud) -> np.ndarray:
+    dtype = [
+        ("x", "<f4"),
+        ("y", "<f4"),
+        ("z", "<f4"),
+        ("red", "u1"),
+        ("green", "u1"),
+        ("blue", "u1"),
+        ("label", "<i2"),
+        ("score", "<f4"),
+        ("radius", "<f4"),
+    ] + [(name, "<f4") for name in points.properties]
+    arr = np.empty(len(points), dtype=dtype)
+    arr["x"], arr["y"], arr["z"] = points.xyz.T
+    arr["red"], arr["green"], arr["blue"] = points.rgb.T
+    arr["label"], arr["score"], arr["radius"] = points.label, points.score, points.radius
+    for name, values in points.properties.items():
+        arr[name] = values
+    return arr
+
+
+def _header_comments(points: PointCloud) -> list[str]:
+    classes = json.dumps(points.classes, ensure_ascii=True)
+    return ["ovs3d labelled points, frame: input poses", f"classes {classes}"]
+
+
+def write_points_ply(path: Path, points: PointCloud) -> None:
+    """``points.ply`` (SPEC §6): binary little-endian, vertex ``x y z red green blue label score radius`` and
+    one float per extra property; the classes as a JSON list in a header comment."""
+    from plyfile import PlyData, PlyElement
+
+    from ovs3d.utils.files import atomic_path
+
+    el = PlyElement.describe(_vertex_array(points), "vertex")
+    with atomic_path(path) as tmp:
+        PlyData([el], text=False, byte_order="<", comments=_header_comments(points)).write(str(tmp))
+
+
+def write_gaussians_ply(path: Path, points: PointCloud) -> None:
+    """The points as isotropic 3D Gaussians in 3D Gaussian splatting's PLY layout (``x y z nx ny nz f_dc_0..2
+    opacity scale_0..2 rot_0..3``, log scales and logit opacity, degree-0 colour), plus ``label`` and ``score``."""
+    from plyfile import PlyData, PlyElement
+
+    from ovs3d.utils.files import atomic_path
+
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
+    names += ["scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    dtype = [(n, "<f4") for n in names] + [("label", "<i2"), ("score", "<f4")]
+    arr = np.zeros(len(points), dtype=dtype)
+    arr["x"], arr["y"], arr["z"] = points.xyz.T
+    f_dc = (points.rgb.astype(np.float32) / 255.0 - 0.5) / SH_C0
+    arr["f_dc_0"], arr["f_dc_1"], arr["f_dc_2"] = f_dc.T
+    arr["opacity"] = math.log(0.95 / 0.05)  # logit of 0.95: surfaces are opaque
+    log_scale = np.log(np.maximum(points.radius, 1e-8) / 2.0)  # sigma of half the patch radius
+    arr["scale_0"] = arr["scale_1"] = arr["scale_2"] = log_scale
+    arr["rot_0"] = 1.0
+    arr["label"], arr["score"] = points.label, points.score
+    el = PlyElement.describe(arr, "vertex")
+    with atomic_path(path) as tmp:
+        PlyData([el], text=False, byte_order="<", comments=_header_comments(points)).write(str(tmp))
+
+
+def write_npz(path: Path, points: PointCloud) -> None:
+    """The points' arrays in one ``.npz`` (``xyz rgb label score radius classes colors`` and the properties)."""
+    import io
+
+    from ovs3d.utils.files import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        xyz=points.xyz,
+        rgb=points.rgb,
+        label=points.label,
+        score=points.score,
+        radius=points.radius,
+        classes=np.asarray(points.classes, dtype=str),
+        colors=points.colors,
+        **points.properties,
+    )
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_mesh_ply(path: Path, verts: np.ndarray, faces: np.ndarray, color: np.ndarray) -> None:
+    """A triangle mesh as binary PLY: vertex ``x y z red green blue``, face ``vertex_indices``."""
+    from plyfile import PlyData, PlyElement
+
+    from ovs3d.utils.files import atomic_path
+
+    v = np.empty(
+        verts.shape[0], dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    )
+    v["x"], v["y"], v["z"] = verts.T
+    v["red"], v["green"], v["blue"] = np.asarray(color, dtype=np.uint8)
+    f = np.empty(faces.shape[0], dtype=[("vertex_indices", "i4", (3,))])
+    f["vertex_indices"] = faces
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")], text=False, byte_order="<").write(
+            str(tmp)
+        )
+
+
+def read_points(folder: Path) -> PointCloud:
+    """Read an export folder's ``points.ply`` and ``labels.json`` back into a :class:`PointCloud`."""
+    from plyfile import PlyData
+
+    folder = Path(folder)
+    ply, meta = folder / "points.ply", folder / "labels.json"
+    if not ply.is_file() or not meta.is_file():
+        raise OVS3DError(f"{folder} is not an ovs3d export folder (no points.ply and labels.json); run `ovs3d export`")
+    info = json.loads(meta.read_text())
+    v = PlyData.read(str(ply))["vertex"].data
+    base = {"x", "y", "z", "red", "green", "blue", "label", "score", "radius"}
+    names = v.dtype.names or ()
+    return PointCloud(
+        xyz=np.stack([v["x"], v["y"], v["z"]], -1).astype(np.float32),
+        rgb=np.stack([v["red"], v["green"], v["blue"]], -1).astype(np.uint8),
+        label=np.asarray(v["label"], dtype=np.int16),
+        score=np.asarray(v["score"], dtype=np.float32),
+        radius=np.asarray(v["radius"], dtype=np.float32) if "radius" in names else np.zeros(len(v), np.float32),
+        classes=list(info["classes"]),
+        colors=np.asarray(info["colors"], dtype=np.uint8).reshape(-1, 3),
+        properties={n: np.asarray(v[n], dtype=np.float32) for n in names if n not in base},
+    )
+
+
+def export_run(run: Path, out: Path | None = None, cfg: ExportConfig | None = None, overwrite: bool = False) -> dict:
+    """``ovs3d export``: bake a run to ``DIR/points.ply``, ``labels.json`` and ``meshes/<slug>.ply``.
+
+    Args:
+        run: a finished run folder (semantic or reconstruction-only).
+        out: output folder (default ``RUN/export``); must not exist unless ``overwrite``.
+        cfg: export settings.
+        overwrite: replace an existing export folder (only once the new one is complete).
+
+    Returns:
+        The ``labels.json`` dict (with ``"info"``: counts, seconds, file sizes).
+    """
+    from ovs3d.run import read_run_config, slugify
+    from ovs3d.utils.files import atomic_write_json
+
+    cfg = cfg or ExportConfig()
+    if cfg.format not in EXPORT_FORMATS:
+        raise OVS3DError(f"unknown --format {cfg.format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    read_run_config(run)  # one clear line if RUN is not a run folder
+    out = Path(out) if out is not None else Path(run) / "export"
+    if out.exists() and not out.is_dir():
+        raise OVS3DError(f"--out {out} is a file; choose a folder path that does not exist")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OVS3DError(f"{out} already exists; choose a new --out or pass --overwrite to replace it")
+    opened = _open_run(Path(run))
+    points, info = _bake(opened, cfg)
+    if not info["semantic"]:
+        logger.warning("%s is a reconstruction-only run: exporting RGB points without labels (label -1)", run)
+    t1 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        write_points_ply(tmp / "points.ply", points)
+        if cfg.format == "npz":
+            write_npz(tmp / "points.npz", points)
+        elif cfg.format == "gaussian":
+            write_gaussians_ply(tmp / "points_gaussians.ply", points)
+        meshes = {}
+        if cfg.meshes and points.classes:
+            meshes = label_meshes(points, opened.trained, opened.scene, cfg)
+            for c, (verts, faces) in meshes.items():
+                write_mesh_ply(tmp / "meshes" / f"{slugify(points.classes[c])}.ply", verts, faces, points.colors[c])
+        info["seconds_meshes"] = time.perf_counter() - t1
+        info["meshes"] = {
+            points.classes[c]: {"vertices": int(v.shape[0]), "faces": int(f.shape[0])} for c, (v, f) in meshes.items()
+        }
+        info["bytes"] = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        meta = {
+            "classes": points.classes,
+            "colors": points.colors.tolist(),
+            "frame": "input poses",
+            "run": str(Path(run).resolve()),
+            "method": info["method"],
+            "score": _score_meaning(info),
+            "meshes": {points.classes[c]: f"meshes/{slugify(points.classes[c])}.ply" for c in meshes},
+            "texts": info["texts"],
+            "info": info,
+        }
+        atomic_write_json(tmp / "labels.json", meta)
+        if out.exists():
+            old = out.parent / f".old-{out.name}-{time.time_ns()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    meta["out"] = str(out)
+    return meta
+
+
+def _score_meaning(info: dict) -> str:
+    if not info["semantic"]:
+        return "none: a reconstruction-only run has no labels (label -1, score 0)"
+    if info["method"] == "lerf":
+        return "softmax over the labels of 10 x their LERF relevancy, mean over the fused rays voting for the label"
+    return "softmax over the labels of 100 x the cosine (CLIP's logit scale), mean over the fused rays voting for it"
+
+
+def load_points(run: Path) -> PointCloud:
+    """The run's exported points (``RUN/export``), exporting them with the defaults first if there are none."""
+    folder = Path(run) / "export"
+    if not (folder / "labels.json").is_file():
+        logger.info("no export in %s yet: baking the points (ovs3d export) first", run)
+        export_run(Path(run), folder, overwrite=folder.exists())
+    return read_points(folder)
