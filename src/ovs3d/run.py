@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -265,6 +266,7 @@ def evaluate(run: Path, max_psnr_views: int = 8, protocol: Protocol = "3dovs") -
     """
     from ovs3d.eval.metrics import psnr
 
+    t0 = time.perf_counter()
     cfg = fit_config_from_run(run)
     scene = _load_scene(cfg.scene, cfg.kind)
     device = resolve_device(cfg.device)
@@ -296,6 +298,7 @@ def evaluate(run: Path, max_psnr_views: int = 8, protocol: Protocol = "3dovs") -
         "rgb_resolution": list(scene.image_size(ds)),
         "psnr_field": "after the semantic stage" if semantic else "reconstruction",
     }
+    extra["seconds_psnr"] = time.perf_counter() - t0  # loading and PSNR renders; segmentation adds its own
     eval_dir = Path(run) / "eval"
     if not segmentation:
         from ovs3d.eval.report import write_rgb_eval
@@ -315,6 +318,7 @@ def _evaluate_segmentation(scene, cfg: FitConfig, method, eval_dir: Path, split:
     from ovs3d.utils.console import progress
     from ovs3d.utils.files import atomic_write_image
 
+    t0 = time.perf_counter()
     ds = cfg.features.semantic_downscale
     negatives = method_negatives(cfg, scene, method)
     preds, gts, rgbs, rels = {}, {}, {}, {}
@@ -329,7 +333,7 @@ def _evaluate_segmentation(scene, cfg: FitConfig, method, eval_dir: Path, split:
             heat = relevancy_heatmap(rels[v][c], out["rgb"].cpu().numpy() if "rgb" in out else None)
             atomic_write_image(eval_dir / "relevancy" / view_key(v) / f"{slugify(name)}.png", heat)
     w, h = scene.image_size(ds)
-    extra = {**extra, "resolution": [w, h], "holdout": cfg.holdout}
+    extra = {**extra, "resolution": [w, h], "holdout": cfg.holdout, "seconds_segmentation": time.perf_counter() - t0}
     extra["semantic"] = {k: getattr(method.cfg, k) for k in method.summary_settings}
     extra["relevancy"] = relevancy_metrics(rels, gts, list(scene.classes))
     return write_segmentation_eval(eval_dir, list(scene.classes), preds, gts, rgbs, split, extra, metric=protocol)
@@ -473,7 +477,8 @@ def _depth_to_metric(scene, depth: np.ndarray) -> np.ndarray:
 
 
 def demo(out: Path = Path("ovs3d-demo"), seed: int = 0, method: str = DEFAULT_METHOD, frames: int = 30) -> dict:
-    """``ovs3d demo``: write the default synthetic scene, fit it, evaluate and render; returns the metrics.
+    """``ovs3d demo``: write the default synthetic scene, fit it, evaluate, render and write the report; returns
+    the metrics (with ``"report"``: the path of ``RUN/report/index.html``).
 
     The scene goes to ``out/scene`` and the run to ``out/run``; an existing demo folder is reused
     (the scene is kept and the run resumes).
@@ -487,4 +492,7 @@ def demo(out: Path = Path("ovs3d-demo"), seed: int = 0, method: str = DEFAULT_ME
     fit(FitConfig(scene=scene_dir, out=out / "run", method=method))
     metrics = evaluate(out / "run")
     render(out / "run", path_frames=frames)
+    from ovs3d.report import build_report
+
+    metrics["report"] = str(build_report(out / "run"))  # the page the demo ends by pointing to
     return metrics

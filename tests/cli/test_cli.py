@@ -353,3 +353,44 @@ def test_fit_recomputes_a_truncated_pyramid_cache(lerf_run: Path):
     assert_ok(res)
     assert "recomput" in res.stderr.lower(), _show(res)
     assert files[0].stat().st_size == len(data)
+
+
+# --------------------------------------------------------------------------------------------------
+# export, report and the commands a run records
+
+
+def test_export_then_report_of_a_semantic_run(lerf_run: Path):
+    import json
+
+    work = lerf_run.parent
+    # a 2-iteration reconstruction is nearly transparent: --min-opacity 0 keeps every ray's surface
+    args = ["--run", lerf_run, "--out", "exp", "--min-opacity", "0", "--mesh-resolution", "16", "--text", "a mug"]
+    res = ovs3d("export", *args, cwd=work)
+    assert_ok(res)
+    assert "exported" in res.stdout
+    labels = json.loads((work / "exp" / "labels.json").read_text())
+    assert labels["frame"] == "input poses" and labels["texts"][0]["property"] == "rel_a_mug"
+    assert (work / "exp" / "points.ply").stat().st_size > 0
+    before = (work / "exp" / "points.ply").read_bytes()
+    assert_user_error(ovs3d("export", *args, cwd=work), "already exists", "--overwrite")
+    assert (work / "exp" / "points.ply").read_bytes() == before
+    res = ovs3d("report", "--run", lerf_run, cwd=work)
+    assert_ok(res)
+    page = (lerf_run / "report" / "index.html").read_text()
+    assert "<img" in page and "ovs3d export" in page  # the recorded command is on the page
+    logged = [json.loads(line) for line in (lerf_run / "logs" / "commands.jsonl").read_text().splitlines()]
+    assert [e["argv"][1] for e in logged][:2] == ["fit", "export"]
+    assert all(e["seconds"] >= 0 and e["cwd"] for e in logged)
+
+
+def test_export_user_errors(rgb_run: Path, tmp_path: Path):
+    res = ovs3d("export", "--run", rgb_run, "--text", "a mug", "--out", tmp_path / "e", cwd=rgb_run.parent)
+    assert_user_error(res, "reconstruction-only")
+    assert not (tmp_path / "e").exists()
+    assert_user_error(ovs3d("export", "--run", tmp_path, cwd=tmp_path), "not an ovs3d run folder")
+    (tmp_path / "f").write_text("x")
+    res = ovs3d("export", "--run", rgb_run, "--out", tmp_path / "f", cwd=rgb_run.parent)
+    assert_user_error(res, "is a file")
+    res = ovs3d("export", "--run", rgb_run, "--min-opacity", "0", "--out", tmp_path / "ok", cwd=rgb_run.parent)
+    assert_ok(res)
+    assert "reconstruction-only run: exported RGB points only" in res.stdout

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from ovs3d.errors import OVS3DError
+from ovs3d.export import ExportConfig
 from ovs3d.foundation.features import FeatureConfig
 from ovs3d.methods.registry import DEFAULT_METHOD, check_method
 from ovs3d.run import FitConfig
@@ -187,6 +188,72 @@ class Query:
 
 
 @dataclass
+class Export(ExportConfig):
+    """Every 3D point labelled (SPEC §6): the run baked to points.ply, labels.json and per-label meshes, in the
+    frame of the scene's input poses (reconstruction-only runs: RGB points without labels)."""
+
+    run: Path = field(kw_only=True)
+    """Run folder (a finished fit)."""
+    out: Path | None = field(default=None, kw_only=True)
+    """Output folder (default RUN/export); it must not exist unless --overwrite."""
+    texts: Annotated[list[str], tyro.conf.arg(name="text"), tyro.conf.UseAppendAction] = field(default_factory=list)
+    """A free text whose relevancy becomes a per-point property rel_<slug>; repeat --text for several."""
+    overwrite: bool = field(default=False, kw_only=True)
+    """Replace an existing output folder (only once the new export is complete)."""
+
+    def main(self) -> None:
+        from dataclasses import fields
+
+        from ovs3d.export import export_run
+
+        cfg = ExportConfig(**{f.name: getattr(self, f.name) for f in fields(ExportConfig)})
+        t0 = time.perf_counter()
+        meta = export_run(self.run, self.out, cfg, overwrite=self.overwrite)
+        info, con = meta["info"], _console()
+        if not info["semantic"]:
+            con.print(f"{self.run} is a reconstruction-only run: exported RGB points only (no labels, no meshes)")
+        mib = sum(info["bytes"].values()) / 2**20
+        con.print(
+            f"exported {info['points']:,} points from {len(info['views'])} views and {len(meta['meshes'])} meshes "
+            f"({mib:.1f} MiB) in {time.perf_counter() - t0:.1f}s: {meta['out']}"
+        )
+
+
+@dataclass
+class View:
+    """A live viewer in the browser (viser): cameras, the exported points, live renders, a text box for queries."""
+
+    run: Path
+    """Run folder (a finished fit)."""
+    host: str = "127.0.0.1"
+    """Address to serve on (loopback: only this machine; 0.0.0.0: every network interface)."""
+    port: int = 8080
+    """Port to serve on."""
+
+    def main(self) -> None:
+        from ovs3d.viewer import serve
+
+        serve(self.run, host=self.host, port=self.port, block=True)
+
+
+@dataclass
+class Report:
+    """One self-contained HTML page of a run: scene, overlays, relevancy maps, metrics, curves, timings, commands."""
+
+    run: Path
+    """Run folder (evaluated first if it has no RUN/eval)."""
+    out: Path | None = None
+    """Output folder (default RUN/report)."""
+
+    def main(self) -> None:
+        from ovs3d.report import build_report
+
+        t0 = time.perf_counter()
+        path = build_report(self.run, self.out)
+        _console().print(f"report written in {time.perf_counter() - t0:.1f}s: {path}")
+
+
+@dataclass
 class Features:
     """Extract and cache the foundation-model features of a scene (what fit reuses)."""
 
@@ -285,7 +352,9 @@ class Demo:
         t0 = time.perf_counter()
         metrics = demo(self.out, self.seed, self.method, self.frames)
         _print_metrics(metrics, self.out / "run" / "eval")
-        _console().print(f"demo finished in {time.perf_counter() - t0:.0f}s; pictures in {self.out / 'run'}")
+        con = _console()
+        con.print(f"demo finished in {time.perf_counter() - t0:.0f}s; pictures in {self.out / 'run'}")
+        con.print(f"report (open it in a browser): {metrics['report']}")
 
 
 def _fmt(x) -> str:
@@ -328,10 +397,37 @@ def _commands(fit_type: type):
         | Annotated[Eval, tyro.conf.subcommand("eval")]
         | Annotated[Render, tyro.conf.subcommand("render")]
         | Annotated[Query, tyro.conf.subcommand("query")]
+        | Annotated[Export, tyro.conf.subcommand("export")]
+        | Annotated[View, tyro.conf.subcommand("view")]
+        | Annotated[Report, tyro.conf.subcommand("report")]
         | Annotated[Features, tyro.conf.subcommand("features")]
         | Annotated[Baseline, tyro.conf.subcommand("baseline")]
         | Annotated[Demo, tyro.conf.subcommand("demo")]
     )
+
+
+def _record_command(cmd, argv: list[str], seconds: float) -> None:
+    """Append a finished command to ``RUN/logs/commands.jsonl`` (what ``ovs3d report`` shows as "the exact
+    command"): its time, working folder, argv, shell-quoted command line and duration."""
+    import datetime
+    import json
+    import shlex
+
+    run = getattr(cmd, "run", None) or (getattr(cmd, "out", None) if isinstance(cmd, FitCommand) else None)
+    if run is None or not (Path(run) / "config.json").is_file():
+        return
+    from ovs3d.utils.files import atomic_write_text
+
+    log = Path(run) / "logs" / "commands.jsonl"
+    entry = {
+        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cwd": os.getcwd(),
+        "argv": ["ovs3d", *argv],
+        "command": shlex.join(["ovs3d", *argv]),
+        "seconds": round(seconds, 2),
+    }
+    old = log.read_text() if log.is_file() else ""
+    atomic_write_text(log, old + json.dumps(entry) + "\n")
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
@@ -345,7 +441,9 @@ def entrypoint(argv: list[str] | None = None) -> int:
         check_method(method)
         args = _method_aliases(args, method)
         cmd = tyro.cli(_commands(_fit_command(method)), args=args, prog="ovs3d")
+        t0 = time.perf_counter()
         cmd.main()
+        _record_command(cmd, sys.argv[1:] if argv is None else list(argv), time.perf_counter() - t0)
     except OVS3DError as e:
         print(f"ovs3d: error: {e}", file=sys.stderr)
         return 1
