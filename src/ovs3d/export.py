@@ -12,7 +12,8 @@ probability over the rays that voted for it, its mean probability, the mean rele
 the radius of the surface patch it stands for (its pixel footprint at its depth, at least the voxel's), so
 a z-buffer splat of the points covers the views' surfaces without holes.
 
-**Frame.** Points and meshes are written in the world frame of the scene's input poses: NDC undone, then
+**Frame.** Points and meshes are written in the world frame of the scene's input poses: NDC (forward-facing)
+or the contraction (unbounded) undone, then
 the loader's recentring, rotation and scaling (:func:`ovs3d.render.scene_rays.field_to_input`).
 
 **Meshes.** Per label, marching cubes (scikit-image) on the field's alpha (density over one grid step) on a
@@ -332,6 +333,8 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
         keep = acc >= cfg.min_opacity
         if scene.kind == "forward":
             keep &= surface[:, 2] < 1.0 - 1e-3  # NDC z -> 1 is infinitely far: no surface to export
+        elif scene.kind == "unbounded":
+            keep &= surface.norm(dim=-1) < 2.0 - 1e-3  # the contracted shell's edge is at infinity
         world = field_to_world(scene, surface[keep])
         c2w = torch.as_tensor(np.asarray(scene.c2w[v]), dtype=torch.float32)
         depth = ((world - c2w[:3, 3]) @ c2w[:3, 2]).clamp_min(0)
@@ -401,15 +404,15 @@ def _field_footprint(scene, downscale: float, field_xyz: np.ndarray, radius_worl
 
 
 def _voxel_world_radius(scene, field_xyz: np.ndarray, voxel: float) -> np.ndarray:
-    """``[M]`` world radius of a field voxel at each fused point (NDC voxels grow with depth)."""
+    """``[M]`` world radius of a field voxel at each fused point (NDC and contracted voxels grow with depth)."""
     half_diag = voxel * math.sqrt(3) / 2
-    if scene.kind != "forward":
+    if scene.kind == "bounded":
         return np.full(field_xyz.shape[0], half_diag)
     from ovs3d.render.scene_rays import field_to_world
 
     p = torch.from_numpy(np.asarray(field_xyz, dtype=np.float32))
     q = p.clone()
-    q[:, 0] += half_diag  # a step of the voxel's half diagonal along NDC x, measured in the world
+    q[:, 0] += half_diag  # a step of the voxel's half diagonal along field x, measured in the world
     return (field_to_world(scene, q) - field_to_world(scene, p)).norm(dim=-1).numpy()
 
 

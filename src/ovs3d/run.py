@@ -56,8 +56,9 @@ class FitConfig:
     ``rgb``: reconstruction only."""
     holdout: bool = False
     """Novel-view protocol: annotated views take no part in training (no RGB, features or masks)."""
-    kind: Literal["auto", "forward", "bounded"] = "auto"
-    """Scene kind; ``auto`` detects it from the poses."""
+    kind: Literal["auto", "forward", "bounded", "unbounded"] = "auto"
+    """Scene kind; ``auto`` detects it from the poses and bounds (``unbounded``: 360° captures with distant
+    background, marched in mip-NeRF 360's contracted space)."""
     device: str = "auto"
     """Torch device: auto (CUDA if available), cpu, cuda, cuda:N."""
     clip: str = "auto"
@@ -454,6 +455,7 @@ def camera_path(scene, n_frames: int) -> np.ndarray:
 
     if scene.kind == "forward":
         return np.asarray(spiral_path(scene.c2w, scene.near_far, n_frames))
+    # bounded: the box's centre; unbounded: the contracted box is centred on the object
     center = (np.asarray(scene.aabb)[0] + np.asarray(scene.aabb)[1]) / 2
     return np.asarray(orbit_path(scene.c2w, center, n_frames))
 

@@ -599,3 +599,25 @@ def test_forward_transforms_without_bounds(tmp_path):
     root = make_scene(tmp_path / "s", forward_grid(), fmt="json")
     assert_scene_error(root, "no depth bounds")
     assert load_scene(root, kind="bounded").kind == "bounded"
+
+
+# ---------------------------------------------------------------------------------------------------
+# unbounded 360° captures (contracted space)
+
+
+def test_outside_in_with_distant_bounds_is_unbounded(tmp_path):
+    c2w = similarity(ring())  # radius 4 before the file's scale 2.5: 10 file units
+    near = load_scene(make_scene(tmp_path / "near", c2w, near_far=np.tile([2.0, 25.0], (12, 1))))
+    far = load_scene(make_scene(tmp_path / "far", c2w, near_far=np.tile([2.0, 300.0], (12, 1))))
+    assert near.kind == "bounded" and far.kind == "unbounded"
+    np.testing.assert_allclose(far.aabb, [[-2.0] * 3, [2.0] * 3])
+    # the same normalisation as bounded outside-in: cameras on the unit sphere around the focus
+    np.testing.assert_allclose(np.linalg.norm(far.c2w[:, :, 3], axis=1), 1.0, atol=1e-4)
+    # inside-out rooms see far walls too, but they are rooms: bounded
+    room = load_scene(make_scene(tmp_path / "room", inside_out(), near_far=np.tile([0.5, 400.0], (12, 1))))
+    assert room.kind == "bounded"
+    # without bounds nothing says the background is far (e.g. a Blender object): bounded; the flag overrides
+    nob = make_scene(tmp_path / "nob", c2w, fmt="json")
+    assert load_scene(nob).kind == "bounded"
+    forced = load_scene(nob, kind="unbounded")
+    assert forced.kind == "unbounded" and forced.aabb.max() == 2.0

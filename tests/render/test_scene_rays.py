@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ovs3d.io.loader import load_scene
+from ovs3d.render.contraction import uncontract
 from ovs3d.render.rays import camera_rays
 from ovs3d.render.scene_rays import camera_depth, field_to_world, rays_at
 
@@ -69,7 +70,9 @@ def _file_cameras(kind: str) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize(("fmt", "cams"), [("llff", "forward"), ("json", "forward"), ("json", "ring")])
+@pytest.mark.parametrize(
+    ("fmt", "cams"), [("llff", "forward"), ("json", "forward"), ("json", "ring"), ("llff", "ring-far")]
+)
 def test_a_file_world_point_round_trips_through_the_loader_and_ndc(tmp_path, fmt, cams):
     from PIL import Image
 
@@ -82,27 +85,30 @@ def test_a_file_world_point_round_trips_through_the_loader_and_ndc(tmp_path, fmt
     (tmp_path / "images").mkdir()
     for i in range(n):
         Image.new("RGB", (w, h), (10 * i, 50, 90)).save(tmp_path / "images" / f"{i:02d}.png")
-    near_far = np.tile([5.0, 60.0] if cams == "forward" else [1.0, 15.0], (n, 1))
+    bounds = {"forward": [5.0, 60.0], "ring": [1.0, 15.0], "ring-far": [1.0, 200.0]}[cams]
+    near_far = np.tile(bounds, (n, 1))
     if fmt == "llff":
         write_poses_bounds(tmp_path / "poses_bounds.npy", c2w, w, h, f, near_far)
     else:
         names = [f"images/{i:02d}.png" for i in range(n)]
         write_transforms_json(tmp_path / "transforms.json", c2w, np.array([f, f, w / 2, h / 2]), w, h, names, near_far)
     scene = load_scene(tmp_path)
-    assert scene.kind == ("forward" if cams == "forward" else "bounded")
+    assert scene.kind == {"forward": "forward", "ring": "bounded", "ring-far": "unbounded"}[cams]
     # cameras come back to the file's frame, and the viewer's inverse maps them in again
     np.testing.assert_allclose(c2w_to_input(scene, scene.c2w), c2w, atol=1e-4)
     np.testing.assert_allclose(c2w_from_input(scene, c2w), scene.c2w, atol=1e-4)
     # a known point of the file's world, seen by view 4 at depth 12 (forward) or 3 (ring)
-    view, depth = 4, (12.0 if cams == "forward" else 3.0)
+    view, depth = 4, {"forward": 12.0, "ring": 3.0, "ring-far": 150.0}[cams]  # ring-far: the far background
     cam = np.array([0.13, -0.08, 1.0]) * depth
     p_file = c2w[view, :, :3] @ cam + c2w[view, :, 3]
     u, v = f * cam[0] / cam[2] + w / 2, f * cam[1] / cam[2] + h / 2  # its pixel, from the file's own camera
     rays_o, rays_d = rays_at(scene, view, 1.0, torch.tensor([float(u)]), torch.tensor([float(v)]))
     p_field = world_to_field(scene, torch.as_tensor(input_to_world(scene, p_file[None]), dtype=torch.float32))
-    # the point lies on its pixel's ray in the field's frame (NDC for forward scenes), in front of the camera
-    t = float(((p_field - rays_o) * rays_d).sum() / (rays_d * rays_d).sum())
+    # the point lies on its pixel's ray in the field's frame (NDC for forward scenes; unbounded scenes march
+    # world rays and contract the samples), in front of the camera
+    ray_point = p_field if scene.kind != "unbounded" else uncontract(p_field)
+    t = float(((ray_point - rays_o) * rays_d).sum() / (rays_d * rays_d).sum())
     assert t > 0
-    assert torch.allclose(rays_o + t * rays_d, p_field, atol=1e-4)
+    assert torch.allclose(rays_o + t * rays_d, ray_point, rtol=1e-4, atol=1e-4)
     # and the way back lands where it started
-    np.testing.assert_allclose(field_to_input(scene, p_field)[0], p_file, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(field_to_input(scene, p_field)[0], p_file, rtol=1e-3, atol=1e-3)

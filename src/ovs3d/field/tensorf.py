@@ -125,6 +125,9 @@ class TensoRFField(nn.Module):
     ) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
+        self.contracted = False
+        """Whether positions are in mip-NeRF 360's contracted space (unbounded scenes; set by the owner and
+        stored beside the state dict)."""
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
         self.register_buffer("resolution", torch.tensor(list(resolution), dtype=torch.long))
         self.density_planes, self.density_lines = _vm_params(density_components, resolution, 0.1, gen)

@@ -44,7 +44,7 @@ from ovs3d.io.conventions import (
     opengl_to_opencv,
     to_homogeneous,
 )
-from ovs3d.io.scene import Scene, SceneKind
+from ovs3d.io.scene import CONTRACTED_AABB, Scene, SceneKind
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ FORWARD_MAX_ANGLE_DEG = 50.0
 """Forward-facing needs every viewing direction within this angle of the mean direction."""
 FORWARD_MAX_SPREAD_RATIO = 0.5
 """... and the cameras' lateral spread below this fraction of the distance to where their axes converge."""
+UNBOUNDED_FAR_RATIO = 3.0
+"""An outside-in capture whose far bounds exceed this many camera radii is unbounded (contracted space)."""
 BOUNDED_BOX_PAD = 1.5
 """Without depth bounds, the bounded ``aabb`` is the camera box scaled by this about the centre."""
 DEFAULT_BOUNDED_NEAR = 0.05
@@ -67,14 +69,14 @@ DEFAULT_BOUNDED_NEAR = 0.05
 # public API
 
 
-def load_scene(root: str | Path, kind: Literal["auto", "forward", "bounded"] = "auto") -> Scene:
+def load_scene(root: str | Path, kind: Literal["auto", "forward", "bounded", "unbounded"] = "auto") -> Scene:
     """Load and validate a scene folder (SPEC §1).
 
     Args:
         root: the scene folder (``images/``, ``poses_bounds.npy`` or ``transforms.json``, optionally
             ``segmentations/`` and ``sim/``).
-        kind: ``"auto"`` detects the kind from the poses (:func:`detect_kind`); ``"forward"`` or
-            ``"bounded"`` override it.
+        kind: ``"auto"`` detects the kind from the poses and bounds (:func:`detect_kind`, then
+            :func:`is_unbounded`); ``"forward"``, ``"bounded"`` or ``"unbounded"`` override it.
 
     Returns:
         The :class:`~ovs3d.io.scene.Scene`, cameras in the normalised world (see the module docstring).
@@ -82,8 +84,8 @@ def load_scene(root: str | Path, kind: Literal["auto", "forward", "bounded"] = "
     Raises:
         SceneError: anything wrong with the folder, with a one-line message saying how to fix it.
     """
-    if kind not in ("auto", "forward", "bounded"):
-        raise SceneError(f"unknown scene kind {kind!r}: use 'auto', 'forward' or 'bounded'")
+    if kind not in ("auto", "forward", "bounded", "unbounded"):
+        raise SceneError(f"unknown scene kind {kind!r}: use 'auto', 'forward', 'bounded' or 'unbounded'")
     root = Path(root)
     if not root.exists():
         raise SceneError(f"scene folder {root} does not exist: check the path")
@@ -111,6 +113,11 @@ def load_scene(root: str | Path, kind: Literal["auto", "forward", "bounded"] = "
         aabb = FORWARD_AABB.copy()
     else:
         c2w_n, near_far_n, world_from_file, aabb = normalize_bounded(c2w, intrinsics, near_far, width, height)
+        if kind == "auto" and is_unbounded(c2w_n, near_far_n if near_far is not None else None):
+            scene_kind = "unbounded"
+            logger.info("scene %s: 360° capture with distant background: unbounded (contracted space)", root.name)
+        if scene_kind == "unbounded":
+            aabb = np.asarray(CONTRACTED_AABB)
 
     classes, annotated = _read_segmentations(root, len(image_paths), width, height)
     return Scene(
@@ -166,6 +173,39 @@ def detect_kind(c2w: np.ndarray) -> SceneKind:
     k = -float((o_perp * d_perp).sum()) / sq
     spread = float(np.linalg.norm(o_perp, axis=1).max())
     return "forward" if spread * abs(k) < FORWARD_MAX_SPREAD_RATIO else "bounded"
+
+
+def is_unbounded(c2w: np.ndarray, near_far: np.ndarray | None) -> bool:
+    """Whether a normalised non-forward capture is unbounded: cameras around an object (outside-in) that see
+    content farther than :data:`UNBOUNDED_FAR_RATIO` times their distance from the centre (mip-NeRF 360's
+    scenes: background at any distance). Without bounds nothing says so: bounded (e.g. Blender objects).
+
+    Args:
+        c2w: ``[N, 3, 4]`` OpenCV camera-to-world in the normalised world (centre at the origin).
+        near_far: ``[N, 2]`` depth bounds in the same units, or ``None``.
+    """
+    if near_far is None or not _outside_in(c2w, near_far):
+        return False
+    radius = float(np.linalg.norm(np.asarray(c2w)[:, :, 3], axis=1).max())
+    return bool(np.max(np.asarray(near_far)[:, 1]) > UNBOUNDED_FAR_RATIO * radius)
+
+
+def _outside_in(c2w: np.ndarray, near_far: np.ndarray | None) -> bool:
+    """Whether the cameras look in at a common point in front of them (rather than out from inside a room)."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    origins = c2w[:, :, 3]
+    dirs = _unit(c2w[:, :, 2])
+    focus = _focus_point(origins, dirs)
+    if focus is None:
+        return False
+    depth = np.median(np.einsum("ij,ij->i", focus - origins, dirs))
+    dist = np.median(np.linalg.norm(focus - origins, axis=1))
+    outside_in = bool(dist > 0 and depth > 0.5 * dist)
+    if near_far is not None:
+        # Cameras that turn around inside a room have a least-squares "focus" a few cm from them, which
+        # can pass the test above by chance; what they look at is never nearer than their near bounds.
+        outside_in = outside_in and bool(depth > np.median(np.asarray(near_far)[:, 0]))
+    return outside_in
 
 
 def recenter_forward(
@@ -227,18 +267,8 @@ def normalize_bounded(
     origins = c2w[:, :, 3]
     dirs = _unit(c2w[:, :, 2])
     centroid = origins.mean(0)
-    focus = _focus_point(origins, dirs)
-    outside_in = False
-    if focus is not None:
-        depth = np.median(np.einsum("ij,ij->i", focus - origins, dirs))
-        dist = np.median(np.linalg.norm(focus - origins, axis=1))
-        outside_in = bool(dist > 0 and depth > 0.5 * dist)
-        if near_far is not None:
-            # Cameras that turn around inside a room have a least-squares "focus" a few cm from them, which
-            # can pass the test above by chance; what they look at is never nearer than their near bounds.
-            outside_in = outside_in and bool(depth > np.median(np.asarray(near_far)[:, 0]))
-    if outside_in:
-        center = focus
+    if _outside_in(c2w, near_far):
+        center = _focus_point(origins, dirs)
         radius = float(np.linalg.norm(origins - center, axis=1).max())
     else:
         center = centroid

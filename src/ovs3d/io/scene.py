@@ -14,7 +14,10 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-SceneKind = Literal["forward", "bounded"]
+SceneKind = Literal["forward", "bounded", "unbounded"]
+
+CONTRACTED_AABB = ((-2.0, -2.0, -2.0), (2.0, 2.0, 2.0))
+"""The box of mip-NeRF 360's contracted space: the ``aabb`` of an unbounded scene's field."""
 
 
 def scaled_size(width: int, height: int, downscale: float) -> tuple[int, int]:
@@ -34,7 +37,8 @@ class Scene:
         c2w: ``[N, 3, 4]`` float32 OpenCV camera-to-world in the normalised world.
         intrinsics: ``[N, 4]`` float32 ``(fx, fy, cx, cy)`` in full-resolution pixels.
         near_far: ``[N, 2]`` float32 per-view depth bounds in normalised world units.
-        kind: ``"forward"`` (NDC rays) or ``"bounded"`` (world box ``aabb``).
+        kind: ``"forward"`` (NDC rays), ``"bounded"`` (world box ``aabb``) or ``"unbounded"`` (360° with
+            distant background: world rays, positions contracted into ``aabb`` = ``[-2, 2]^3``).
         aabb: ``[2, 3]`` float32 world box (min, max) enclosing the content of a bounded scene; for
             forward-facing scenes the NDC box the field uses.
         classes: text labels, sorted alphabetically as the 3D-OVS loader does (class index = position).

@@ -88,12 +88,17 @@ class ReconstructionConfig:
     """Iterations between log records."""
 
 
-def build_field(cfg: ReconstructionConfig, aabb: torch.Tensor, resolution: list[int] | None = None) -> TensoRFField:
-    """A fresh field for ``cfg`` at ``resolution`` (default: the initial resolution)."""
+def build_field(
+    cfg: ReconstructionConfig, aabb: torch.Tensor, resolution: list[int] | None = None, contracted: bool = False
+) -> TensoRFField:
+    """A fresh field for ``cfg`` at ``resolution`` (default: the initial resolution); ``contracted``: over
+    mip-NeRF 360's contracted space (unbounded scenes)."""
     res = resolution or resolution_for_voxels(cfg.init_voxels, aabb)
-    return TensoRFField(
+    field_ = TensoRFField(
         aabb, res, cfg.density_components, cfg.app_components, cfg.app_dim, cfg.mlp_width, seed=cfg.seed
     )
+    field_.contracted = contracted
+    return field_
 
 
 def upsample_schedule(cfg: ReconstructionConfig, aabb: torch.Tensor) -> dict[int, list[int]]:
@@ -158,7 +163,8 @@ def load_trained_field(ckpt_path: Path, device: str | torch.device = "cpu") -> T
     payload = load_checkpoint(ckpt_path, kind="reconstruction")
     cfg = config_from_dict(payload["config"])
     state = payload["state"]
-    field_ = build_field(cfg, state["field"]["aabb"], [int(r) for r in state["field"]["resolution"]])
+    res = [int(r) for r in state["field"]["resolution"]]
+    field_ = build_field(cfg, state["field"]["aabb"], res, bool(state.get("contracted", False)))
     field_.load_state_dict(state["field"])
     occ = state.get("occupancy")
     return TrainedField(field_.to(device), None if occ is None else occ.bool().to(device), cfg, payload["step"])
@@ -216,8 +222,9 @@ class ReconstructionStage:
     def __init__(self, scene: Scene, cfg: ReconstructionConfig, views: list[int], device) -> None:
         self.cfg, self.device, self.n_iters = cfg, device, cfg.n_iters
         self.aabb = field_aabb(scene).to(device)
+        self.contracted = scene.kind == "unbounded"
         self.schedule = upsample_schedule(cfg, self.aabb.cpu())
-        self.field = build_field(cfg, self.aabb.cpu()).to(device)
+        self.field = build_field(cfg, self.aabb.cpu(), contracted=self.contracted).to(device)
         self.occupancy: torch.Tensor | None = None
         self.stats: dict = {"train_seconds": 0.0, "density_evals": 0, "app_evals": 0, "rays": 0}
         self.scene, self.views = scene, views
@@ -296,10 +303,15 @@ class ReconstructionStage:
 
     def state_dict(self) -> dict:
         occ = self.occupancy
-        return {"field": self.field.state_dict(), "occupancy": None if occ is None else occ.to(torch.uint8).cpu()}
+        return {
+            "field": self.field.state_dict(),
+            "occupancy": None if occ is None else occ.to(torch.uint8).cpu(),
+            "contracted": self.contracted,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self.field = build_field(self.cfg, self.aabb.cpu(), [int(r) for r in state["field"]["resolution"]])
+        res = [int(r) for r in state["field"]["resolution"]]
+        self.field = build_field(self.cfg, self.aabb.cpu(), res, bool(state.get("contracted", False)))
         self.field.load_state_dict(state["field"])
         self.field.to(self.device)
         occ = state["occupancy"]

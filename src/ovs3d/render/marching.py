@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ovs3d.field.occupancy import query_occupancy
 from ovs3d.field.tensorf import TensoRFField
+from ovs3d.render.contraction import contract, contracted_sample_count, contracted_samples
 from ovs3d.render.rays import ray_aabb_intersect
 from ovs3d.render.sampling import samples_per_ray, stratified_samples
 from ovs3d.render.volume import accumulate_packed, alpha_from_density, render_weights
@@ -68,6 +69,9 @@ def march(
 ) -> MarchResult:
     """March rays through the field's box, evaluating density only in occupied voxels.
 
+    A field with ``contracted`` set (unbounded scenes) is marched from ``near`` to infinity in world space,
+    its samples contracted into the box (:mod:`ovs3d.render.contraction`); ``xyz`` is then in contracted space.
+
     Args:
         field: the radiance field (density branch used).
         occupancy: ``[G_z, G_y, G_x]`` bool grid over ``field.aabb`` or ``None`` (no skipping).
@@ -82,13 +86,25 @@ def march(
         A :class:`MarchResult`.
     """
     aabb = field.aabb
-    t_near, t_far = ray_aabb_intersect(rays_o, rays_d, aabb)
-    t_near = torch.maximum(t_near, torch.as_tensor(near, dtype=t_near.dtype, device=t_near.device))
     voxel = (aabb[1] - aabb[0]) / field.resolution.to(aabb.dtype)
-    n = samples_per_ray(rays_d, t_near, t_far, voxel, cfg.step_ratio, cfg.max_samples)
-    t_mid, dt = stratified_samples(t_near, t_far, n, perturb, generator)  # [R, N]
-    xyz = rays_o[:, None, :] + t_mid[..., None] * rays_d[:, None, :]  # [R, N, 3]
-    inside = ((xyz >= aabb[0]) & (xyz <= aabb[1])).all(-1) & (t_far > t_near)[:, None]  # [R, N]
+    near_t = torch.as_tensor(near, dtype=rays_o.dtype, device=rays_o.device)
+    if getattr(field, "contracted", False):
+        # Unbounded scene: world rays from near to infinity, samples uniform in contracted ray distance,
+        # positions contracted into the field's [-2, 2]^3 box (render/contraction.py).
+        norm = rays_d.norm(dim=-1)  # ray parameters are in units of |rays_d| (camera depth)
+        start = (near_t * norm).expand(rays_o.shape[0]) if near_t.dim() == 0 else near_t * norm
+        n = contracted_sample_count(start, voxel, cfg.step_ratio, cfg.max_samples)
+        dist_mid, dist_dt = contracted_samples(start, n, perturb, generator)
+        t_mid, dt = dist_mid / norm[:, None], dist_dt / norm[:, None]
+        xyz = contract(rays_o[:, None, :] + t_mid[..., None] * rays_d[:, None, :])
+        inside = torch.ones_like(t_mid, dtype=torch.bool)
+    else:
+        t_near, t_far = ray_aabb_intersect(rays_o, rays_d, aabb)
+        t_near = torch.maximum(t_near, near_t)
+        n = samples_per_ray(rays_d, t_near, t_far, voxel, cfg.step_ratio, cfg.max_samples)
+        t_mid, dt = stratified_samples(t_near, t_far, n, perturb, generator)  # [R, N]
+        xyz = rays_o[:, None, :] + t_mid[..., None] * rays_d[:, None, :]  # [R, N, 3]
+        inside = ((xyz >= aabb[0]) & (xyz <= aabb[1])).all(-1) & (t_far > t_near)[:, None]  # [R, N]
     valid = inside.clone()
     if occupancy is not None and inside.any():
         valid[inside] = query_occupancy(occupancy, aabb, xyz[inside])

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ovs3d.io.scene import Scene
+from ovs3d.render.contraction import contract, uncontract
 from ovs3d.render.rays import camera_rays, ndc_rays, pixel_grid
 
 #: NDC box of forward-facing scenes: x, y slightly beyond [-1, 1] (other views see a little more than
@@ -19,7 +20,8 @@ NDC_AABB = ((-1.5, -1.5, -1.0), (1.5, 1.5, 1.0))
 
 
 def field_aabb(scene: Scene) -> Tensor:
-    """``[2, 3]`` box the field spans: the NDC box for forward-facing scenes, else the scene's world box."""
+    """``[2, 3]`` box the field spans: the NDC box for forward-facing scenes, else the scene's ``aabb`` (the
+    world box of a bounded scene, contracted space's ``[-2, 2]^3`` for an unbounded one)."""
     if scene.kind == "forward":
         return torch.tensor(NDC_AABB, dtype=torch.float32)
     return torch.as_tensor(np.asarray(scene.aabb), dtype=torch.float32)
@@ -82,7 +84,8 @@ def ray_near(scene: Scene) -> float:
 
 
 def field_to_world(scene: Scene, xyz: Tensor) -> Tensor:
-    """Points of the field's frame in the scene's normalised world: NDC undone for forward-facing scenes.
+    """Points of the field's frame in the scene's normalised world: NDC undone for forward-facing scenes, the
+    contraction for unbounded ones.
 
     Args:
         scene: the scene (view 0's intrinsics define the NDC frame, near plane 1).
@@ -91,6 +94,8 @@ def field_to_world(scene: Scene, xyz: Tensor) -> Tensor:
     Returns:
         ``[..., 3]`` world points (points at NDC depth 1, i.e. infinitely far, are clamped just before it).
     """
+    if scene.kind == "unbounded":
+        return uncontract(xyz)
     if scene.kind != "forward":
         return xyz
     w, h = scene.image_size(1.0)
@@ -118,7 +123,10 @@ def camera_depth(scene: Scene, view: int, xyz: Tensor) -> Tensor:
 
 def world_to_field(scene: Scene, xyz: Tensor) -> Tensor:
     """Inverse of :func:`field_to_world`: normalised-world points ``[..., 3]`` to the field's frame (NDC for
-    forward-facing scenes; points at or behind the near plane map to NDC z <= -1)."""
+    forward-facing scenes, points at or behind the near plane mapping to NDC z <= -1; contracted for unbounded
+    scenes)."""
+    if scene.kind == "unbounded":
+        return contract(xyz)
     if scene.kind != "forward":
         return xyz
     w, h = scene.image_size(1.0)

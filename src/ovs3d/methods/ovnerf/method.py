@@ -45,15 +45,20 @@ def novel_poses(scene: Scene, train_views: list[int], cfg: OVNeRFConfig) -> np.n
 
     Forward-facing scenes: LLFF's spiral around the training cameras (every pose looks into the scene).
     Bounded scenes: OV-NeRF's outward-looking circle (:func:`~ovs3d.render.paths.panorama_poses`) around the
-    mean training camera centre, radius ``cse_radius`` times the box's largest side.
+    mean training camera centre, radius ``cse_radius`` times the box's largest side. Unbounded (360°) scenes:
+    an orbit around the object, as the training cameras.
     """
-    from ovs3d.render.paths import free_space_center, panorama_poses, spiral_path, up_from_cameras
+    from ovs3d.render.paths import free_space_center, orbit_path, panorama_poses, spiral_path, up_from_cameras
 
     c2w = np.asarray(scene.c2w)[train_views]
     if cfg.cse_novel_views <= 0:
         return np.zeros((0, 3, 4))
     if scene.kind == "forward":
         return spiral_path(c2w, np.asarray(scene.near_far)[train_views], cfg.cse_novel_views)
+    if scene.kind == "unbounded":
+        # 360° around an object (normalised to the origin): an orbit through the cameras' mean height looking
+        # at it; an outward panorama from the cameras' centre would stand inside the object.
+        return orbit_path(c2w, np.zeros(3), cfg.cse_novel_views)
     aabb = np.asarray(scene.aabb)
     radius = cfg.cse_radius * float(np.max(aabb[1] - aabb[0]))
     centre = free_space_center(c2w)
