@@ -12,13 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from ovs3d.errors import OVS3DError
+from ovs3d.scenegen.orbit import OrbitConfig, make_orbit
 from ovs3d.scenegen.room import RoomConfig, make_room
 from ovs3d.scenegen.tabletop import TabletopConfig, make_tabletop
 
-PRESETS: dict[str, type] = {"tabletop": TabletopConfig, "room": RoomConfig}
+PRESETS: dict[str, type] = {"tabletop": TabletopConfig, "room": RoomConfig, "orbit": OrbitConfig}
 """Preset name to configuration class."""
 
-_GENERATORS: dict[str, Callable[[Any, Path], Path]] = {"tabletop": make_tabletop, "room": make_room}
+_GENERATORS: dict[str, Callable[[Any, Path], Path]] = {
+    "tabletop": make_tabletop,
+    "room": make_room,
+    "orbit": make_orbit,
+}
 
 
 def make_scene(preset: str, seed: int, out: Path, **overrides: Any) -> Path:
