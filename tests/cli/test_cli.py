@@ -394,3 +394,15 @@ def test_export_user_errors(rgb_run: Path, tmp_path: Path):
     res = ovs3d("export", "--run", rgb_run, "--min-opacity", "0", "--out", tmp_path / "ok", cwd=rgb_run.parent)
     assert_ok(res)
     assert "reconstruction-only run: exported RGB points only" in res.stdout
+
+
+def test_view_on_a_taken_port_says_so_in_one_line(rgb_run: Path):
+    import socket
+
+    pytest.importorskip("viser")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        res = ovs3d("view", "--run", rgb_run, "--port", port, cwd=rgb_run.parent, timeout=120)
+    assert_user_error(res, f"port {port}", "in use", "--port")

@@ -31,8 +31,9 @@ class MakeScene:
 
     out: Path
     """Scene folder to create."""
-    preset: Literal["tabletop", "room"] = "tabletop"
-    """Scene preset (tabletop: forward-facing table with objects in front of a wall; room: inside-out room)."""
+    preset: Literal["tabletop", "room", "orbit"] = "tabletop"
+    """Scene preset (tabletop: forward-facing table with objects in front of a wall; room: inside-out room;
+    orbit: a 360° capture circling a table in the middle of a room with distant walls)."""
     seed: int = 0
     """Layout and label seed."""
     width: int | None = None
@@ -188,6 +189,27 @@ class Query:
 
 
 @dataclass
+class Import:
+    """The user's own photos to a scene folder (SPEC §1): poses from COLMAP (pycolmap), undistorted to pinhole."""
+
+    images: Path
+    """Folder of photos (jpg/png; EXIF orientation applied; mixed sizes brought to one)."""
+    out: Path
+    """Scene folder to create (must not exist or be empty)."""
+    classes: list[str] | None = None
+    """Text labels of the things in the scene (segmentations/classes.txt), e.g. --classes 'a red mug' 'lime wall'."""
+    matcher: Literal["exhaustive", "sequential"] = "exhaustive"
+    """Feature matching: exhaustive (every pair; up to a few hundred photos) or sequential (video frames)."""
+
+    def main(self) -> None:
+        from ovs3d.io.colmap import import_scene
+
+        t0 = time.perf_counter()
+        out = import_scene(self.images, self.out, self.classes, self.matcher)
+        _console().print(f"imported {self.images} in {time.perf_counter() - t0:.0f}s: {out}")
+
+
+@dataclass
 class Export(ExportConfig):
     """Every 3D point labelled (SPEC §6): the run baked to points.ply, labels.json and per-label meshes, in the
     frame of the scene's input poses (reconstruction-only runs: RGB points without labels)."""
@@ -229,11 +251,15 @@ class View:
     """Address to serve on (loopback: only this machine; 0.0.0.0: every network interface)."""
     port: int = 8080
     """Port to serve on."""
+    threads: int | None = None
+    """Torch threads for the live renders (default: torch's; 1 keeps frames steady on a busy machine)."""
 
     def main(self) -> None:
         from ovs3d.viewer import serve
 
-        serve(self.run, host=self.host, port=self.port, block=True)
+        viewer = serve(self.run, host=self.host, port=self.port, block=False, threads=self.threads)
+        _console().print(f"viewer of {self.run} at {viewer.url} (Ctrl-C stops it)")
+        viewer.wait()
 
 
 @dataclass
@@ -397,6 +423,7 @@ def _commands(fit_type: type):
         | Annotated[Eval, tyro.conf.subcommand("eval")]
         | Annotated[Render, tyro.conf.subcommand("render")]
         | Annotated[Query, tyro.conf.subcommand("query")]
+        | Annotated[Import, tyro.conf.subcommand("import")]
         | Annotated[Export, tyro.conf.subcommand("export")]
         | Annotated[View, tyro.conf.subcommand("view")]
         | Annotated[Report, tyro.conf.subcommand("report")]
