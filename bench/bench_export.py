@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--split", choices=["test", "validation"], required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--free-space-views", type=int, default=None, help="override ExportConfig.free_space_views")
+    ap.add_argument("--voxel", type=float, default=None, help="override ExportConfig.voxel")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from ovs3d.eval.metrics import segmentation_view_metrics
@@ -135,7 +137,12 @@ def main() -> None:
     set_quiet(True)
     out = Path(__file__).parent / "out" / "export" / args.name
     t0 = time.perf_counter()
-    meta = export_run(args.run, out, ExportConfig(), overwrite=True)
+    cfg = ExportConfig()
+    if args.free_space_views is not None:
+        cfg.free_space_views = args.free_space_views
+    if args.voxel is not None:
+        cfg.voxel = args.voxel
+    meta = export_run(args.run, out, cfg, overwrite=True)
     seconds = time.perf_counter() - t0
     info = meta["info"]
     pts = read_points(out)
@@ -186,6 +193,9 @@ def main() -> None:
         "views_fused": len(info["views"]),
         "points": info["points"],
         "points_before_fusion": info["points_before_fusion"],
+        "free_space_views": cfg.free_space_views,
+        "voxel": cfg.voxel,
+        "floaters_dropped": info.get("floaters_dropped", 0),
         "coverage": float(np.mean([p["coverage"] for p in per_view])),
         "agreement": float(np.mean([p["agreement"] for p in per_view])),
         "agreement_covered": float(np.mean([p["agreement_covered"] for p in per_view])),
@@ -201,7 +211,9 @@ def main() -> None:
         "meshes": len(info["meshes"]),
         "per_view": per_view,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "command": f"python bench/bench_export.py --run {args.run} --name {args.name} --split {args.split}",
+        "command": f"python bench/bench_export.py --run {args.run} --name {args.name} --split {args.split}"
+        + ("" if args.free_space_views is None else f" --free-space-views {args.free_space_views}")
+        + ("" if args.voxel is None else f" --voxel {args.voxel}"),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:

@@ -217,3 +217,30 @@ def test_export_of_a_reconstruction_only_run_has_rgb_points_only(semantic_run: P
     assert len(pts) > 500 and (pts.label == -1).all() and meta["classes"] == [] and meta["meshes"] == {}
     with pytest.raises(OVS3DError, match="reconstruction-only"):
         export_run(run, tmp_path / "out2", replace(ExportConfig(), texts=["a mug"]))
+
+
+def test_free_space_votes_match_a_loop():
+    from ovs3d.export import free_space_votes
+
+    rng = np.random.default_rng(3)
+    v, h, w = 3, 6, 8
+    depth = rng.uniform(2, 5, (v, h, w))
+    depth[0, 2, 3] = np.inf  # a pixel that sees nothing
+    c2w = np.tile(np.concatenate([np.eye(3), np.zeros((3, 1))], 1), (v, 1, 1))
+    c2w[:, 0, 3] = [0.0, 0.1, -0.1]
+    intr = np.tile([5.0, 5.0, w / 2, h / 2], (v, 1))
+    pts = np.concatenate([rng.uniform(-2, 2, (200, 2)), rng.uniform(-1, 6, (200, 1))], 1)
+    got = free_space_votes(pts, depth, c2w, intr, 0.05)
+    for i, p in enumerate(pts):
+        n = 0
+        for k in range(v):
+            cam = p - c2w[k, :, 3]
+            if cam[2] <= 1e-6:
+                continue
+            u = int(np.floor(5 * cam[0] / cam[2] + w / 2))
+            r = int(np.floor(5 * cam[1] / cam[2] + h / 2))
+            if not (0 <= u < w and 0 <= r < h):
+                continue
+            near = depth[k, max(r - 1, 0) : r + 2, max(u - 1, 0) : u + 2].min()
+            n += cam[2] < 0.95 * near
+        assert got[i] == n, i

@@ -5,7 +5,9 @@ resolution; each pixel ray whose opacity exceeds ``min_opacity`` gives one point
 (the first of its heaviest samples where the cumulative compositing weight reaches half the ray's total —
 unlike the expected depth, it never floats between a foreground edge and the background). The point takes
 the ray's rendered colour, the label the method predicts for that pixel (the same argmax as ``ovs3d eval``)
-with its probability, and, for ``--text``, the text's relevancy. Points of all views are then fused in a
+with its probability, and, for ``--text``, the text's relevancy. Optionally (``free_space_views``), a point
+that lies in front of the surface other views see at its place (in space they saw through: a floater of one
+view's depth) is dropped (:func:`free_space_votes`). Points of all views are then fused in a
 voxel grid of the field's frame (NDC for forward-facing scenes, so one voxel spans about one pixel of the
 reference view at every depth): per voxel the mean position and colour, the label with the largest summed
 probability over the rays that voted for it, its mean probability, the mean relevancy. Each point records
@@ -44,6 +46,7 @@ import numpy as np
 import torch
 
 from ovs3d.errors import OVS3DError
+from ovs3d.utils.config import rule
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ __all__ = [
     "PointCloud",
     "bake_points",
     "export_run",
+    "free_space_votes",
     "fuse_points",
     "label_meshes",
     "load_points",
@@ -68,22 +72,29 @@ SH_C0 = 0.28209479177387814
 class ExportConfig:
     """How a run is baked to points and meshes."""
 
-    views: list[int] | None = None
+    views: list[int] | None = field(default=None, metadata=rule(ge=0))
     """Views whose depth is fused (default: the run's training views)."""
-    downscale: float | None = None
+    downscale: float | None = field(default=None, metadata=rule(gt=0, le=1000))
     """Resolution of the fused renders as a downscale of the images (default: the run's semantic resolution;
     the reconstruction's for RGB-only runs)."""
-    min_opacity: float = 0.5
+    min_opacity: float = field(default=0.5, metadata=rule(ge=0, le=1))
     """Rays whose accumulated opacity is below this give no point (they see empty space)."""
-    voxel: float = 1.0
+    voxel: float = field(default=1.0, metadata=rule(gt=0))
     """Fusion voxel edge, in units of the median pixel footprint of the fused points."""
+    free_space_views: int = field(default=0, metadata=rule(ge=0))
+    """Drop a point that lies in front of the surface another fused view sees there (in space that view saw
+    through) in at least this many views: floaters of one view's depth. 0 (default) keeps every point: on the
+    validation scenes 2 changed agreement by < 0.002 and cost 0.7 % coverage in a room (bench/RESULTS.md §7)."""
+    free_space_margin: float = field(default=0.05, metadata=rule(ge=0, lt=1))
+    """Relative depth margin of the free-space test (a point counts as in front when its depth is below
+    ``(1 - margin)`` times the nearest surface depth in the 3x3 pixels it projects to)."""
     texts: list[str] = field(default_factory=list)
     """Free texts whose relevancy is stored per point (``rel_<slug>`` properties)."""
     meshes: bool = True
     """Also write one mesh per label."""
-    mesh_resolution: int = 128
+    mesh_resolution: int = field(default=128, metadata=rule(ge=2, le=4096))
     """Cells along the longest side of the marching-cubes grid."""
-    mesh_level: float = 0.5
+    mesh_level: float = field(default=0.5, metadata=rule(gt=0, lt=1))
     """Iso-level of the alpha (density integrated over one grid step) the mesh surfaces."""
     format: Literal["ply", "gaussian", "npz"] = "ply"
     """Extra format beside ``points.ply``: ``gaussian`` (3DGS-style PLY) or ``npz``; ``ply``: none."""
@@ -209,6 +220,43 @@ def fuse_points(
     return out
 
 
+def free_space_votes(
+    points: np.ndarray, depth_maps: np.ndarray, c2w: np.ndarray, intrinsics: np.ndarray, margin: float
+) -> np.ndarray:
+    """How many views see *through* each point: it projects into the view in front of the surface the view sees.
+
+    Args:
+        points: ``[N, 3]`` world points.
+        depth_maps: ``[V, H, W]`` camera depth of each view's surface (``inf`` where the view sees none).
+        c2w: ``[V, 3, 4]`` OpenCV camera-to-world.
+        intrinsics: ``[V, 4]`` ``(fx, fy, cx, cy)`` at the maps' resolution.
+        margin: a point is in front when its depth is below ``(1 - margin)`` times the smallest surface depth
+            of the 3x3 pixels around its projection (the minimum keeps silhouette points: a pixel of
+            misalignment at an object's edge must not count as seeing through it).
+
+    Returns:
+        ``[N]`` int votes.
+    """
+    from scipy.ndimage import minimum_filter
+
+    v_count, h, w = depth_maps.shape
+    votes = np.zeros(points.shape[0], dtype=np.int64)
+    for v in range(v_count):
+        near = minimum_filter(depth_maps[v], size=3, mode="nearest")
+        rot, t = c2w[v, :, :3], c2w[v, :, 3]
+        cam = (points - t) @ rot
+        z = cam[:, 2]
+        fx, fy, cx, cy = intrinsics[v]
+        front = z > 1e-6
+        u = np.floor(fx * cam[:, 0] / np.where(front, z, 1.0) + cx).astype(np.int64)
+        r = np.floor(fy * cam[:, 1] / np.where(front, z, 1.0) + cy).astype(np.int64)
+        inside = front & (u >= 0) & (u < w) & (r >= 0) & (r < h)
+        surf = np.full(points.shape[0], np.inf)
+        surf[inside] = near[r[inside], u[inside]]
+        votes += (inside & (z < (1.0 - margin) * surf)).astype(np.int64)
+    return votes
+
+
 def marching_cubes_mesh(volume: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray] | None:
     """Triangle mesh of an iso-surface (scikit-image's marching cubes).
 
@@ -306,8 +354,11 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
     fx = float(scene.intrinsics_at(downscale)[0][0])
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("xyz", "rgb", "label", "score", "radius")}
     rel_parts: list[np.ndarray] = []
+    world_parts: list[np.ndarray] = []
+    w_img, h_img = scene.image_size(downscale)
+    depth_maps = np.full((len(views), h_img, w_img), np.inf, dtype=np.float64)
     n_rays = 0
-    for v in progress(views, desc="fusing views"):
+    for vi, v in enumerate(progress(views, desc="fusing views")):
         rays_o, rays_d = view_rays(scene, v, downscale)
         n_rays += rays_o.shape[0]
         samples = top_samples(trained, rays_o, rays_d, near, 8)
@@ -338,6 +389,8 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
         world = field_to_world(scene, surface[keep])
         c2w = torch.as_tensor(np.asarray(scene.c2w[v]), dtype=torch.float32)
         depth = ((world - c2w[:3, 3]) @ c2w[:3, 2]).clamp_min(0)
+        depth_maps[vi].reshape(-1)[keep.numpy()] = depth.double().numpy()
+        world_parts.append(world.double().numpy())
         parts["xyz"].append(surface[keep].numpy())
         parts["rgb"].append(rgb[keep].numpy())
         parts["label"].append(label[keep].numpy())
@@ -347,14 +400,23 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
         if rel is not None:
             rel_parts.append(rel[keep].numpy())
     cat = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
+    n_floaters = 0
+    rel_all = np.concatenate(rel_parts) if rel_parts else None
+    if cfg.free_space_views > 0 and len(views) > 1 and cat["xyz"].shape[0]:
+        cams = np.asarray(scene.c2w)[views].astype(np.float64)
+        intr = np.asarray(scene.intrinsics_at(downscale))[views].astype(np.float64)
+        votes = free_space_votes(np.concatenate(world_parts), depth_maps, cams, intr, cfg.free_space_margin)
+        solid = votes < cfg.free_space_views
+        n_floaters = int((~solid).sum())
+        cat = {k: v[solid] for k, v in cat.items()}
+        rel_all = rel_all[solid] if rel_all is not None else None
     if cat["xyz"].shape[0] == 0:
         raise OVS3DError(
             f"no surface found: no ray of the {len(views)} views reached opacity {cfg.min_opacity}; "
             "check the reconstruction (ovs3d eval) or lower --min-opacity"
         )
     props = {}
-    if rel_parts:
-        rel_all = np.concatenate(rel_parts)
+    if rel_all is not None:
         props = {f"rel_{s}": rel_all[:, q] for q, s in enumerate(slugs)}
     # Voxel edge: the median pixel footprint measured in the field's frame (NDC x spans the reference image).
     foot = _field_footprint(scene, downscale, cat["xyz"], cat["radius"])
@@ -385,6 +447,7 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
         "resolution": list(scene.image_size(downscale)),
         "rays": int(n_rays),
         "points_before_fusion": int(cat["xyz"].shape[0]),
+        "floaters_dropped": n_floaters,
         "points": len(pts),
         "voxel_field": float(voxel),
         "texts": [{"text": t, "property": f"rel_{s}"} for t, s in zip(texts, slugs)],
