@@ -18,9 +18,9 @@ a z-buffer splat of the points covers the views' surfaces without holes.
 or the contraction (unbounded) undone, then
 the loader's recentring, rotation and scaling (:func:`ovs3d.render.scene_rays.field_to_input`).
 
-**Meshes.** Per label, marching cubes (scikit-image) on the field's alpha (density over one grid step) on a
-grid in the field's frame, restricted to the cells whose nearest fused point (within two voxels) carries
-that label; vertices are mapped to the input frame like the points.
+**Meshes.** Per label, marching cubes (scikit-image) on the field's density on a grid over the fused points'
+box in the field's frame, restricted to the cells whose nearest fused point carries that label, at a level
+relative to the density at that label's points; vertices are mapped to the input frame like the points.
 
 Output folder (written in a temporary sibling folder and renamed into place, so it is complete or absent)::
 
@@ -93,9 +93,9 @@ class ExportConfig:
     meshes: bool = True
     """Also write one mesh per label."""
     mesh_resolution: int = field(default=128, metadata=rule(ge=2, le=4096))
-    """Cells along the longest side of the marching-cubes grid."""
+    """Cells along each axis of the marching-cubes grid (over the fused points' box in the field's frame)."""
     mesh_level: float = field(default=0.5, metadata=rule(gt=0, lt=1))
-    """Iso-level of the alpha (density integrated over one grid step) the mesh surfaces."""
+    """Iso-level of each label's mesh as a fraction of the median field density at its fused points."""
     format: Literal["ply", "gaussian", "npz"] = "ply"
     """Extra format beside ``points.ply``: ``gaussian`` (3DGS-style PLY) or ``npz``; ``ply``: none."""
 
@@ -481,10 +481,16 @@ def _voxel_world_radius(scene, field_xyz: np.ndarray, voxel: float) -> np.ndarra
 
 @torch.no_grad()
 def label_meshes(points: PointCloud, trained, scene, cfg: ExportConfig) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """One mesh per label: marching cubes on the field's alpha restricted to the cells of that label.
+    """One mesh per label: marching cubes on the field's density restricted to the cells of that label.
+
+    The grid spans the fused points' box in the field's frame with ``mesh_resolution`` cells along every axis
+    (cells follow the box: a forward-facing scene is thin in NDC depth). A cell takes the label of its nearest
+    fused point within two cells (plus the points' own spacing); farther cells saw no surface in any fused
+    view. Each label's iso-level is ``mesh_level`` times the median density at its fused points (surfaces of
+    one field differ in density by orders of magnitude, so no absolute level fits all).
 
     Args:
-        points: fused points with ``field_xyz`` (their labels decide each cell's label).
+        points: fused points with ``field_xyz``.
         trained: the reconstructed field (density).
         scene: the scene (frame conversions).
         cfg: grid resolution and iso-level.
@@ -499,31 +505,37 @@ def label_meshes(points: PointCloud, trained, scene, cfg: ExportConfig) -> dict[
     if points.field_xyz is None or not points.classes or len(points) == 0:
         return {}
     lo, hi = _mesh_box(points.field_xyz, scene)
-    step = float((hi - lo).max()) / cfg.mesh_resolution
-    dims = np.maximum(np.ceil((hi - lo) / step).astype(int), 2)
-    axes = [lo[k] + step * (np.arange(dims[k]) + 0.5) for k in range(3)]
+    n = int(cfg.mesh_resolution)
+    steps = np.maximum((hi - lo) / n, 1e-6)  # [3] cell edges per axis
+    axes = [lo[k] + steps[k] * (np.arange(n) + 0.5) for k in range(3)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
-    field_ = trained.field
-    dev = trained.device
-    sig = torch.cat([field_.density(torch.from_numpy(c).to(dev)).cpu() for c in np.array_split(grid, 64)])
-    alpha = 1.0 - torch.exp(-sig * step * trained.config.march.distance_scale)
-    alpha = alpha.numpy().reshape(*dims)
-    tree = cKDTree(points.field_xyz)
-    dist, nearest = tree.query(grid, k=1, workers=-1)
-    # A cell takes the label of its nearest fused point within two grid steps (or two voxels); farther
-    # cells saw no surface in any fused view.
-    labels = np.where(dist <= 2.0 * max(step, _nn_spacing(tree)), points.label[nearest], -1).reshape(*dims)
+    density = _density(trained, grid).reshape(n, n, n)
+    at_points = _density(trained, points.field_xyz.astype(np.float32))
+    tree = cKDTree(points.field_xyz / steps)  # in cell units
+    dist, nearest = tree.query(grid / steps, k=1, workers=-1)
+    labels = np.where(dist <= 2.0 + _nn_spacing(tree), points.label[nearest], -1).reshape(n, n, n)
     out = {}
     for c in range(len(points.classes)):
-        if not (labels == c).any():
+        mine = points.label == c
+        if not mine.any() or not (labels == c).any():
             continue
-        mesh = marching_cubes_mesh(np.where(labels == c, alpha, 0.0), cfg.mesh_level)
+        level = cfg.mesh_level * float(np.median(at_points[mine]))
+        mesh = marching_cubes_mesh(np.where(labels == c, density, 0.0), level) if level > 0 else None
         if mesh is None:
             continue
         verts, faces = mesh
-        verts_field = lo + (verts + 0.5) * step
+        verts_field = lo + (verts + 0.5) * steps
         out[c] = (field_to_input(scene, torch.from_numpy(verts_field.astype(np.float32))).astype(np.float32), faces)
     return out
+
+
+def _density(trained, xyz: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """``[M]`` float64 density of the field at field-frame points ``[M, 3]``."""
+    dev = trained.device
+    parts = [
+        trained.field.density(torch.from_numpy(xyz[i : i + chunk]).to(dev)).cpu() for i in range(0, len(xyz), chunk)
+    ]
+    return torch.cat(parts).double().numpy() if parts else np.zeros(0)
 
 
 def _nn_spacing(tree) -> float:
