@@ -177,15 +177,16 @@ def test_export_writes_spec_files_in_the_input_frame(semantic_run: Path, tmp_pat
     assert meta["meshes"], "no label got a mesh"
     from plyfile import PlyData
 
-    lo, hi = pts.xyz.min(0), pts.xyz.max(0)
-    pad = 0.05 * (hi - lo).max()
+    pf = world_to_field(scene, torch.as_tensor(input_to_world(scene, pts.xyz), dtype=torch.float32))
+    lo, hi = pf.min(0).values, pf.max(0).values
+    pad = 0.03 * (hi - lo)  # the grid spans the points' box (1 % margin) in the field's frame
     for rel in meta["meshes"].values():
         mesh = PlyData.read(str(out / rel))
         v = np.stack([mesh["vertex"][k] for k in "xyz"], -1)
         assert len(mesh["face"]) > 0
         vf = world_to_field(scene, torch.as_tensor(input_to_world(scene, v), dtype=torch.float32))
         assert ((vf >= box[0] - 1e-3) & (vf <= box[1] + 1e-3)).all()
-        assert ((v >= lo - pad) & (v <= hi + pad)).all()
+        assert ((vf >= lo - pad) & (vf <= hi + pad)).all()
 
 
 def test_export_refuses_an_existing_folder_and_replaces_it_only_when_asked(semantic_run: Path, tmp_path: Path):

@@ -94,7 +94,7 @@ class ExportConfig:
     """Also write one mesh per label."""
     mesh_resolution: int = field(default=128, metadata=rule(ge=2, le=4096))
     """Cells along each axis of the marching-cubes grid (over the fused points' box in the field's frame)."""
-    mesh_level: float = field(default=0.5, metadata=rule(gt=0, lt=1))
+    mesh_level: float = field(default=0.5, metadata=rule(gt=0))
     """Iso-level of each label's mesh as a fraction of the median field density at its fused points."""
     format: Literal["ply", "gaussian", "npz"] = "ply"
     """Extra format beside ``points.ply``: ``gaussian`` (3DGS-style PLY) or ``npz``; ``ply``: none."""

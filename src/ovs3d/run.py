@@ -25,6 +25,7 @@ import numpy as np
 
 from ovs3d.errors import OVS3DError
 from ovs3d.foundation.features import FeatureConfig
+from ovs3d.foundation.registry import spec_rule
 from ovs3d.methods.reconstruction import (
     CHECKPOINT_NAME,
     ReconstructionConfig,
@@ -33,7 +34,7 @@ from ovs3d.methods.reconstruction import (
     train_reconstruction,
 )
 from ovs3d.methods.registry import DEFAULT_METHOD, RECONSTRUCTION_ONLY, check_method, method_config_type
-from ovs3d.utils.config import config_from_dict
+from ovs3d.utils.config import check_config, config_from_dict, field_name, rule
 from ovs3d.utils.device import resolve_device
 from ovs3d.utils.files import atomic_write_json
 
@@ -43,13 +44,26 @@ RUN_VERSION = 1
 Protocol = Literal["3dovs", "ovnerf"]
 
 
+def check_device(name: str, flag: str = "--device") -> None:
+    """Raise a one-line :class:`OVS3DError` unless ``name`` is ``auto`` or a torch device name (``cpu``,
+    ``cuda``, ``cuda:N``); whether CUDA is there is checked when the device is used."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise OVS3DError(f"{flag} {name!r} is not a device; use auto, cpu, cuda or cuda:N") from e
+
+
 @dataclass
 class FitConfig:
     """Everything ``ovs3d fit`` needs to go from a scene folder to a trained (semantic) field."""
 
-    scene: Path
+    scene: Path = field(metadata=rule(path="dir"))
     """Scene folder (SPEC §1)."""
-    out: Path
+    out: Path = field(metadata=rule(path="not_file"))
     """Run folder to create or resume."""
     method: str = DEFAULT_METHOD
     """A semantic method of :mod:`ovs3d.methods.registry` (``3dovs``, ``ovnerf``) after the reconstruction, or
@@ -59,21 +73,21 @@ class FitConfig:
     kind: Literal["auto", "forward", "bounded", "unbounded"] = "auto"
     """Scene kind; ``auto`` detects it from the poses and bounds (``unbounded``: 360° captures with distant
     background, marched in mip-NeRF 360's contracted space)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=rule(custom=check_device))
     """Torch device: auto (CUDA if available), cpu, cuda, cuda:N."""
-    clip: str = "auto"
+    clip: str = field(default="auto", metadata=rule(custom=spec_rule("clip")))
     """CLIP backend: sim, open_clip:<arch>:<tag or weights file>; auto = sim on synthetic scenes, else
     open_clip:ViT-B-16:openai (what 3D-OVS used)."""
-    dino: str = "auto"
+    dino: str = field(default="auto", metadata=rule(custom=spec_rule("dino")))
     """DINO backend: sim, timm:<name>[:<weights file>]; auto = sim on synthetic scenes, else
     timm:vit_base_patch8_224.dino (DINO v1 ViT-B/8, as 3D-OVS)."""
-    masks: str = "auto"
+    masks: str = field(default="auto", metadata=rule(custom=spec_rule("masks")))
     """Mask proposals: sim, superpixel, sam:<vit_h|vit_l|vit_b>:<checkpoint> (not used by 3dovs)."""
     allow_download: bool = False
     """Let backends download weights that are not cached (never needed with explicit weight files)."""
-    cache_dir: Path | None = None
+    cache_dir: Path | None = field(default=None, metadata=rule(path="not_file"))
     """Feature cache folder (default: <scene>/.ovs3d_cache)."""
-    recon_from: Path | None = None
+    recon_from: Path | None = field(default=None, metadata=rule(path="dir"))
     """Start from the finished reconstruction of another run of the same scene and protocol (e.g. to train
     several semantic variants on one field)."""
     recon: ReconstructionConfig = field(default_factory=ReconstructionConfig)
@@ -139,30 +153,47 @@ def read_run_config(run: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise OVS3DError(f"{path} is not valid JSON ({e.msg}); delete the run folder and fit again") from e
-    if data.get("version") != RUN_VERSION:
+    if not isinstance(data, dict) or data.get("version") != RUN_VERSION:
         raise OVS3DError(f"{path} is from another ovs3d version; fit into a new --out folder")
+    fit_cfg = data.get("fit")
+    missing = [k for k in ("scene", "out") if not isinstance(fit_cfg, dict) or k not in fit_cfg]
+    if missing:
+        raise OVS3DError(
+            f"{path} is not a complete ovs3d run configuration (no fit {'/'.join(missing)}); it was not written "
+            "by `ovs3d fit`: fit into a new --out folder"
+        )
     return data
 
 
 def fit(cfg: FitConfig) -> Path:
     """Create or resume a run: reconstruction, then the method's features and semantic training.
 
+    Every setting is checked first (:func:`~ovs3d.utils.config.check_config`: ranges, choices, backend specs
+    and their weight files, paths), then the run folder and the scene; nothing is written before all pass.
+
     Returns:
         The run folder.
+
+    Raises:
+        OVS3DError: a setting, the run folder or the scene is not usable (one line).
     """
+    check_config(cfg)  # every setting, before anything is read, written or computed
     run = Path(cfg.out)
     new = _config_dict(cfg)
+    used = _used_backends(cfg)
     if (run / "config.json").exists():
         stored = read_run_config(run)["fit"]
         stored_method = stored.get("method", DEFAULT_METHOD)
         if stored_method != RECONSTRUCTION_ONLY and isinstance(stored.get("semantic"), dict):
             # settings added since the run was made mean what they did
             stored = {**stored, "semantic": asdict(_method_config(stored_method, stored["semantic"]))}
-        # A reconstruction-only run never reads the semantic-stage settings: changed defaults there do not
-        # stop it from resuming.
-        unused = (
-            ("semantic", "features", "clip", "dino", "masks") if stored.get("method") == cfg.method == "rgb" else ()
-        )
+        # Settings the method never reads (a reconstruction-only run: the semantic stage; any method: the
+        # backends it does not use) do not stop it from resuming.
+        unused: set[str] = set()
+        if stored_method == cfg.method:
+            unused = {"clip", "dino", "masks"} - used
+            if cfg.method == RECONSTRUCTION_ONLY:
+                unused |= {"semantic", "features"}
         changed = [k for k in _diff(stored, new) if k != "out" and k.split(".")[0] not in unused]
         if changed:
             raise OVS3DError(
@@ -185,7 +216,7 @@ def fit(cfg: FitConfig) -> Path:
         method_cls.check_scene(scene)
         # Build (and so validate) the foundation models before writing anything or spending minutes on the
         # reconstruction: a bad flag leaves no half-made run behind.
-        backends = _backends(cfg, scene, device, method_cls.needs(cfg.semantic))
+        backends = _backends(cfg, scene, device, used)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         run / "config.json",
@@ -200,6 +231,21 @@ def fit(cfg: FitConfig) -> Path:
 
         fit_method(method_cls, scene, run, cfg, device, backends)
     return run
+
+
+def _used_backends(cfg: FitConfig) -> set[str]:
+    """The backend families the run's method reads; a warning names each backend flag it ignores."""
+    if cfg.method == RECONSTRUCTION_ONLY:
+        used: set[str] = set()
+    else:
+        from ovs3d.methods.registry import get_method
+
+        used = set(get_method(cfg.method).needs(cfg.semantic))
+    for family in ("clip", "dino", "masks"):
+        spec = getattr(cfg, family)
+        if family not in used and spec != "auto":
+            logger.warning("--%s %s is not used by --method %s (checked, then ignored)", family, spec, cfg.method)
+    return used
 
 
 def _backends(cfg: FitConfig, scene, device, families: set[str]) -> dict[str, Any]:
@@ -231,10 +277,42 @@ def fit_config_from_run(run: Path) -> FitConfig:
     d = dict(read_run_config(run)["fit"])
     method = d.get("method", DEFAULT_METHOD)
     semantic = d.pop("semantic", None)
-    cfg = config_from_dict(FitConfig, {**d, "method": RECONSTRUCTION_ONLY})
-    cfg.method = method
-    cfg.semantic = None if method == RECONSTRUCTION_ONLY else _method_config(method, semantic or {})
+    try:
+        cfg = config_from_dict(FitConfig, {**d, "method": RECONSTRUCTION_ONLY})
+        cfg.method = method
+        cfg.semantic = None if method == RECONSTRUCTION_ONLY else _method_config(method, semantic or {})
+        check_config(cfg, name=field_name, outside=False)
+    except OVS3DError as e:
+        raise OVS3DError(f"{Path(run) / 'config.json'} holds settings ovs3d cannot use ({e}); fit a new run") from e
+    except (TypeError, ValueError, AttributeError) as e:
+        raise OVS3DError(f"{Path(run) / 'config.json'} is damaged ({e}); fit a new run") from e
     return cfg
+
+
+def unfinished_stages(run: Path, cfg: FitConfig | None = None) -> list[str]:
+    """What a run still has to train, e.g. ``["the reconstruction stopped at step 10 of 40"]``; empty when
+    every stage of its method has finished.
+
+    Args:
+        run: run folder.
+        cfg: its configuration (default: read from ``run``).
+    """
+    from ovs3d.methods.base import semantic_checkpoint
+    from ovs3d.utils.files import load_checkpoint
+
+    cfg = cfg or fit_config_from_run(run)
+    stages = [("reconstruction", Path(run) / "checkpoints" / CHECKPOINT_NAME, cfg.recon.n_iters)]
+    if cfg.method != RECONSTRUCTION_ONLY:
+        stages.append((f"{cfg.method} semantic stage", semantic_checkpoint(run), cfg.semantic.n_iters))
+    out = []
+    for name, ckpt, n_iters in stages:
+        if not ckpt.exists():
+            out.append(f"the {name} has not started" if out else f"the {name} has no checkpoint yet")
+            continue
+        step = int(load_checkpoint(ckpt)["step"])
+        if step < n_iters:
+            out.append(f"the {name} stopped at step {step} of {n_iters}")
+    return out
 
 
 def psnr_views(run: Path) -> tuple[list[int], str]:
@@ -255,6 +333,10 @@ def _load_method(cfg: FitConfig, trained, run: Path, device):
 def evaluate(run: Path, max_psnr_views: int = 8, protocol: Protocol = "3dovs") -> dict[str, Any]:
     """Score a run (SPEC §4/§5): segmentation of every annotated view, and PSNR; writes ``RUN/eval/``.
 
+    Only a finished run is scored: a run whose fit was interrupted (a stage short of its ``n_iters``, or
+    without a checkpoint) raises :class:`OVS3DError` naming the stage and the step it stopped at, and how
+    to finish it (the same ``ovs3d fit`` command resumes it); nothing is written.
+
     Args:
         run: run folder.
         max_psnr_views: PSNR over the training views uses at most this many, evenly spread (speed).
@@ -268,12 +350,18 @@ def evaluate(run: Path, max_psnr_views: int = 8, protocol: Protocol = "3dovs") -
     from ovs3d.eval.metrics import psnr
 
     t0 = time.perf_counter()
+    if protocol not in ("3dovs", "ovnerf"):
+        raise OVS3DError(f"unknown protocol {protocol!r}; choose 3dovs or ovnerf")
     cfg = fit_config_from_run(run)
+    unfinished = unfinished_stages(run, cfg)
+    if unfinished:
+        raise OVS3DError(
+            f"run {run} is unfinished ({'; '.join(unfinished)}): finish it by running its `ovs3d fit --scene "
+            f"{cfg.scene} --out {run} ...` command again with the same flags (it resumes), then evaluate"
+        )
     scene = _load_scene(cfg.scene, cfg.kind)
     device = resolve_device(cfg.device)
     trained = load_trained_field(Path(run) / "checkpoints" / CHECKPOINT_NAME, device)
-    if protocol not in ("3dovs", "ovnerf"):
-        raise OVS3DError(f"unknown protocol {protocol!r}; choose 3dovs or ovnerf")
     segmentation = cfg.method != RECONSTRUCTION_ONLY and bool(scene.classes)
     semantic = None
     if segmentation:

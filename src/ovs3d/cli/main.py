@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,8 +18,10 @@ import tyro
 from ovs3d.errors import OVS3DError
 from ovs3d.export import ExportConfig
 from ovs3d.foundation.features import FeatureConfig
+from ovs3d.foundation.registry import spec_rule
 from ovs3d.methods.registry import DEFAULT_METHOD, check_method
-from ovs3d.run import FitConfig
+from ovs3d.run import FitConfig, check_device
+from ovs3d.utils.config import check_config, deferred_checks, flag_name, rule
 
 
 def _console():
@@ -61,13 +66,12 @@ class MakeScene:
         from dataclasses import fields
 
         from ovs3d.scenegen import make_scene
+        from ovs3d.scenegen.presets import scene_config
 
-        fixed = {"out", "preset", "seed"}
-        overrides = {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in fixed and getattr(self, f.name) is not None
-        }
+        flags = {f.name for f in fields(self)}
+        overrides = {n: getattr(self, n) for n in flags - {"out", "preset", "seed"} if getattr(self, n) is not None}
+        # the preset's settings, checked first with the flags named as typed (settings without a flag by name)
+        scene_config(self.preset, self.seed, **overrides).validate(lambda n: flag_name(n) if n in flags else n)
         t0 = time.perf_counter()
         path = make_scene(self.preset, self.seed, self.out, **overrides)
         _console().print(f"wrote {self.preset} scene (seed {self.seed}) to {path} in {time.perf_counter() - t0:.1f}s")
@@ -129,7 +133,11 @@ def _method_aliases(argv: list[str], method: str) -> list[str]:
 
 @dataclass
 class Eval:
-    """Render every annotated view of a run and score it (SPEC §4-§5); PSNR for reconstruction runs."""
+    """Render every annotated view of a run and score it (SPEC §4-§5); PSNR for reconstruction runs.
+
+    Only a finished run is scored: on a run whose fit was interrupted, eval writes nothing, names the stage
+    and the step it stopped at, and exits 1 (running the same ``ovs3d fit`` command again finishes it).
+    """
 
     run: Path
     """Run folder."""
@@ -149,9 +157,9 @@ class Render:
 
     run: Path
     """Run folder."""
-    views: list[int] | None = None
+    views: list[int] | None = field(default=None, metadata=rule(ge=0))
     """Views to render (default: the annotated views)."""
-    frames: int = 60
+    frames: int = field(default=60, metadata=rule(ge=0, le=100_000))
     """Frames of the camera-path video (0: none)."""
     query: list[str] | None = None
     """Texts to render relevancy maps for (default: the scene's labels)."""
@@ -173,11 +181,11 @@ class Query:
     """Run folder (a finished lerf, 3dovs or ovnerf fit)."""
     text: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
     """A query text (any words); repeat --text for several."""
-    views: list[int] | None = None
+    views: list[int] | None = field(default=None, metadata=rule(ge=0))
     """Views to query (default: the annotated views)."""
-    out: Path | None = None
+    out: Path | None = field(default=None, metadata=rule(path="not_file"))
     """Output folder (default RUN/query)."""
-    path: int = 0
+    path: int = field(default=0, metadata=rule(ge=0, le=100_000))
     """Also render a heat-map video of each text along the camera path, with this many frames (0: none)."""
 
     def main(self) -> None:
@@ -249,9 +257,9 @@ class View:
     """Run folder (a finished fit)."""
     host: str = "127.0.0.1"
     """Address to serve on (loopback: only this machine; 0.0.0.0: every network interface)."""
-    port: int = 8080
+    port: int = field(default=8080, metadata=rule(ge=0, le=65535))
     """Port to serve on."""
-    threads: int | None = None
+    threads: int | None = field(default=None, metadata=rule(ge=1))
     """Torch threads for the live renders (default: torch's; 1 keeps frames steady on a busy machine)."""
 
     def main(self) -> None:
@@ -279,25 +287,30 @@ class Report:
         _console().print(f"report written in {time.perf_counter() - t0:.1f}s: {path}")
 
 
+def _masks_or_none(spec: str, flag: str) -> None:
+    if spec != "none":
+        spec_rule("masks")(spec, flag)
+
+
 @dataclass
 class Features:
     """Extract and cache the foundation-model features of a scene (what fit reuses)."""
 
     scene: Path
     """Scene folder."""
-    clip: str = "auto"
+    clip: str = field(default="auto", metadata=rule(custom=spec_rule("clip")))
     """CLIP backend (see fit)."""
-    dino: str = "auto"
+    dino: str = field(default="auto", metadata=rule(custom=spec_rule("dino")))
     """DINO backend (see fit)."""
-    masks: str = "none"
+    masks: str = field(default="none", metadata=rule(custom=_masks_or_none))
     """Mask backend to also cache proposals for (none | sim | superpixel | sam:...)."""
     holdout: bool = False
     """Only the training views of the novel-view protocol."""
     allow_download: bool = False
     """Allow backends to download missing weights."""
-    cache_dir: Path | None = None
+    cache_dir: Path | None = field(default=None, metadata=rule(path="not_file"))
     """Cache folder (default <scene>/.ovs3d_cache)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=rule(custom=check_device))
     """auto | cpu | cuda | cuda:N."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
@@ -328,17 +341,17 @@ class Baseline:
     """Scene folder."""
     out: Path
     """Output folder (written like RUN/eval)."""
-    clip: str = "auto"
+    clip: str = field(default="auto", metadata=rule(custom=spec_rule("clip")))
     """CLIP backend (see fit)."""
     normalize: bool = False
     """Min-max normalise each label's relevancy over the view before the argmax (3D-OVS Eq. 7)."""
     allow_download: bool = False
     """Allow backends to download missing weights."""
-    cache_dir: Path | None = None
+    cache_dir: Path | None = field(default=None, metadata=rule(path="not_file"))
     """Cache folder (default <scene>/.ovs3d_cache)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=rule(custom=check_device))
     """auto | cpu | cuda | cuda:N."""
-    scales: tuple[int, ...] | None = None
+    scales: tuple[int, ...] | None = field(default=None, metadata=rule(ge=0))
     """Alg. 1 scales to average (indices into features.pixel-clip.patch-divisors, largest patch first; default all)."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
@@ -367,9 +380,9 @@ class Demo:
     """Folder for the scene and the run."""
     seed: int = 0
     """Scene seed."""
-    method: str = "3dovs"
+    method: str = field(default="3dovs", metadata=rule(custom=lambda name, flag: check_method(name)))
     """Method to fit (3dovs, ovnerf or rgb)."""
-    frames: int = 30
+    frames: int = field(default=30, metadata=rule(ge=0, le=100_000))
     """Frames of the rendered camera path."""
 
     def main(self) -> None:
@@ -457,6 +470,88 @@ def _record_command(cmd, argv: list[str], seconds: float) -> None:
     atomic_write_text(log, old + json.dumps(entry) + "\n")
 
 
+def parse_command(argv: list[str]) -> Any:
+    """The command ``argv`` names, with every setting checked (:func:`~ovs3d.utils.config.check_config`)
+    before anything is read, written or computed.
+
+    Raises:
+        OVS3DError: one line naming the flag as typed: a value of the wrong type or outside its range, an
+            unknown choice, a malformed backend spec or a missing weights file. (Missing or unknown flags
+            keep tyro's usage message and exit 2.)
+    """
+    method = _method_flag(argv) or DEFAULT_METHOD
+    check_method(method)
+    aliased = any(a.startswith(f"--{method}.") for a in argv)
+
+    def name(path: str) -> str:
+        flag = flag_name(path)
+        return f"--{method}." + flag[len("--semantic.") :] if aliased and flag.startswith("--semantic.") else flag
+
+    with deferred_checks(), _one_line_parse_errors(name):
+        cmd = tyro.cli(_commands(_fit_command(method)), args=_method_aliases(argv, method), prog="ovs3d")
+    check_config(cmd, name=name)
+    return cmd
+
+
+@contextlib.contextmanager
+def _one_line_parse_errors(name):
+    """tyro's errors about one flag's value (wrong type, unknown choice, missing value) as one
+    :class:`OVS3DError` line; other parse errors (unknown or missing flags) keep tyro's usage box.
+
+    Uses tyro's parse-error hook (``tyro._errors.on_parse_error``, private): without it, tyro's own
+    messages are shown.
+    """
+    hook_api = getattr(getattr(tyro, "_errors", None), "on_parse_error", None)
+    if hook_api is None:
+        yield
+        return
+    with hook_api(lambda event: _raise_one_line(event, name)):
+        yield
+
+
+def _raise_one_line(event: Any, name) -> None:
+    """Raise the one-line error of a tyro parse-error event about one flag's value; return for others."""
+    kind = type(event).__name__
+    if kind not in ("InstantiationFailure", "InvalidChoice", "BadValue"):
+        return
+    try:
+        arg = event.argument
+        if arg is None:
+            return
+        flag = arg.lowered.name_or_flags[0]
+        tp = arg.field.type_stripped
+    except (AttributeError, IndexError, TypeError):
+        return
+    if flag.startswith("--semantic."):
+        flag = name("semantic." + flag[len("--semantic.") :].replace("-", "_"))
+    if kind == "InvalidChoice":
+        raise OVS3DError(f"{flag} must be one of {', '.join(map(str, event.choices))} (got {event.value!r})")
+    if kind == "BadValue":
+        if getattr(event, "reason", "") == "too_few_values":
+            raise OVS3DError(f"{flag} needs {_type_words(tp)}")
+        raise OVS3DError(f"{flag} takes no value (got {getattr(event, 'offending_value', None)!r})")
+    message = str(getattr(event, "message", "")).strip().splitlines()
+    got = re.findall(r"'([^']*)'", message[-1] if message else "")
+    got_text = f" (got {' '.join(repr(g) for g in got)})" if got else f" ({message[-1]})" if message else ""
+    raise OVS3DError(f"{flag} must be {_type_words(tp)}{got_text}")
+
+
+def _type_words(tp: Any) -> str:
+    """What a flag's type takes, in words: ``an integer``, ``3 numbers``, ``a path``."""
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _type_words(args[0])  # Optional
+    words = {int: ("an integer", "integers"), float: ("a number", "numbers"), Path: ("a path", "paths")}
+    if typing.get_origin(tp) in (tuple, list):
+        elems = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        one = words.get(elems[0], ("a value", "values"))[1] if elems else "values"
+        fixed = typing.get_origin(tp) is tuple and Ellipsis not in typing.get_args(tp)
+        return f"{len(elems)} {one}" if fixed else f"one or more {one}"
+    return words.get(tp, ("a value", "values"))[0]
+
+
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console script ``ovs3d``: user errors print one line and exit 1, without a traceback."""
     logging.basicConfig(
@@ -464,10 +559,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
     )
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        method = _method_flag(args) or DEFAULT_METHOD
-        check_method(method)
-        args = _method_aliases(args, method)
-        cmd = tyro.cli(_commands(_fit_command(method)), args=args, prog="ovs3d")
+        cmd = parse_command(args)
         t0 = time.perf_counter()
         cmd.main()
         _record_command(cmd, sys.argv[1:] if argv is None else list(argv), time.perf_counter() - t0)

@@ -30,6 +30,8 @@ Safety:
 
 - Writing is atomic: a new entry is written into a hidden temporary folder beside the final one and
   renamed into place after ``meta.json``; a crash (or an exception from ``compute``) leaves no entry.
+  The temporary folder a killed writer leaves behind is removed by the next open of that kind
+  (:func:`remove_leftovers`).
 - A missing or unreadable ``meta.json`` means "not cached". On every open the files' existence and
   sizes are checked against ``meta.json`` (catches truncation); the sha256 of each file is verified on
   its first access through each opened entry (or all at once with ``verify=True``). A view that fails
@@ -42,7 +44,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
@@ -63,6 +67,8 @@ QUANTISED = "int8"
 _KEY_DIGITS = 16
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
+_HOST = socket.gethostname() or "localhost"
+_TMP_NAME = re.compile(r"^\.tmp-[0-9a-f]+-(?P<pid>\d+)(?:@(?P<host>.+))?-[0-9a-f]{8}$")
 _QUANT_CHUNK = 1 << 16  # vectors quantised per chunk (bounds temporary memory)
 
 
@@ -407,6 +413,7 @@ class FeatureCache:
         """
         if dtype != QUANTISED:
             np.dtype(dtype)  # raises TypeError on an unknown name
+        remove_leftovers(self.root / kind)
         key = cache_key(kind, identity, settings, views, dtype)
         final = self.entry_path(kind, key)
         stems = [str(s) for s, _ in views]
@@ -438,7 +445,7 @@ class FeatureCache:
         """Compute and publish an entry; return its meta and whether the published files are ours."""
         final = self.entry_path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f"{_TMP_PREFIX}{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = final.parent / f"{_TMP_PREFIX}{key}-{os.getpid()}@{_HOST}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             records = []
@@ -523,6 +530,46 @@ class FeatureCache:
                     freed += sum(f.stat().st_size for f in e.rglob("*") if f.is_file())
                     shutil.rmtree(e, ignore_errors=True)
         return freed
+
+
+def remove_leftovers(folder: Path, stale_s: float = 3600.0) -> int:
+    """Delete what crashed writes left in one kind's folder: a temporary entry whose writer process is gone
+    (it names the process and the machine; another machine's, or an unnamed one, once it is ``stale_s`` old),
+    and every ``.trash-`` folder. Returns how many were removed.
+    """
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for e in folder.iterdir():
+        if e.name.startswith(_TRASH_PREFIX) or (e.name.startswith(_TMP_PREFIX) and _abandoned(e, stale_s)):
+            shutil.rmtree(e, ignore_errors=True)
+            removed += not e.exists()
+    if removed:
+        logger.info("feature cache %s: removed %d leftover(s) of interrupted writes", folder, removed)
+    return removed
+
+
+def _abandoned(tmp: Path, stale_s: float) -> bool:
+    """Whether a temporary entry folder belongs to no running writer."""
+    m = _TMP_NAME.match(tmp.name)
+    if m and m.group("host") == _HOST:
+        return not _pid_alive(int(m.group("pid")))
+    try:
+        return time.time() - tmp.stat().st_mtime > stale_s
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def _read_meta(path: Path) -> dict | None:

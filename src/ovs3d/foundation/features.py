@@ -27,34 +27,50 @@ from ovs3d.foundation.base import ClipBackend, DinoBackend, MaskBackend, ViewIma
 from ovs3d.foundation.cache import CachedFeatures, FeatureCache
 from ovs3d.foundation.pixel_clip import PixelClipConfig, pixel_clip_features
 from ovs3d.io.scene import Scene
+from ovs3d.utils.config import ConfigError, check_on_init, rule
 
 CACHE_DIRNAME = ".ovs3d_cache"
+
+
+STORAGE_DTYPES = ("float16", "float32", "int8")
+"""Storage dtypes of CLIP and DINO features (any other numpy float type also works)."""
+
+
+def _check_dtype(name: str, flag: str) -> None:
+    """A feature storage dtype: ``int8`` (quantised) or a numpy float type."""
+    import numpy as np
+
+    try:
+        ok = name == "int8" or np.dtype(name).kind == "f"
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{flag} must be {', '.join(STORAGE_DTYPES)} (or another numpy float type) (got {name!r})")
 
 
 @dataclass
 class FeatureConfig:
     """Settings of the feature extraction stage."""
 
-    semantic_downscale: float = 4.0
+    semantic_downscale: float = field(default=4.0, metadata=rule(gt=0, le=1000))
     """CLIP features (and mask proposals) are computed on images at ``1 / semantic_downscale`` of full
     resolution (the reference uses 1/8 of 4032x3024 photos); the semantic field trains at this size."""
-    dino_downscale: float = 1.0
+    dino_downscale: float = field(default=1.0, metadata=rule(gt=0, le=1000))
     """DINO sees images at ``1 / dino_downscale``; its features are ``stride`` times smaller again."""
-    mask_downscale: float | None = None
+    mask_downscale: float | None = field(default=None, metadata=rule(gt=0, le=1000))
     """Resolution of the mask proposals; ``None`` = ``semantic_downscale``."""
     pixel_clip: PixelClipConfig = field(default_factory=PixelClipConfig)
     """Windows of Alg. 1."""
-    views_fraction: float = 1.0
+    views_fraction: float = field(default=1.0, metadata=rule(gt=0, le=1))
     """Fraction of the given views that get CLIP features (3D-OVS ``clip_input``, 0.5 in its configs)."""
-    views_seed: int = 0
+    views_seed: int = field(default=0, metadata=rule(ge=0))
     """Seed of the choice of those views."""
-    dtype: str = "float16"
+    dtype: str = field(default="float16", metadata=rule(custom=_check_dtype))
     """Storage of CLIP and DINO features: ``"float16"``, ``"float32"`` or ``"int8"`` (unit vectors
     quantised, half the size of float16; the norm is lost, which the losses ignore)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.views_fraction <= 1.0:
-            raise ValueError(f"views_fraction must be in (0, 1], got {self.views_fraction}")
+        check_on_init(self)
 
 
 def default_cache_root(scene: Scene) -> Path:

@@ -34,38 +34,34 @@ as nothing"), or a view padded by ``kernel // 2`` on every side with the boxes s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ovs3d.foundation.base import ClipBackend, ViewImage
+from ovs3d.utils.config import check_on_init, rule
 
 
 @dataclass
 class PixelClipConfig:
     """Settings of Alg. 1 (defaults = the official 3D-OVS code)."""
 
-    patch_divisors: tuple[int, ...] = (5, 7, 10)
+    patch_divisors: tuple[int, ...] = field(default=(5, 7, 10), metadata=rule(ge=1, min_len=1))
     """Window side of each scale is ``min(H, W) // d``; scales are ordered largest window first."""
-    stride_divisor: int = 4
+    stride_divisor: int = field(default=4, metadata=rule(ge=1))
     """Window stride is ``patch // stride_divisor`` (at least 1). The jitter bound is the same number
     (``patch // 4`` in the official code, ``randint(0, stride)`` in the paper's pseudo-code)."""
     jitter: bool = True
     """Push each side of each window outward by a random ``0..patch // stride_divisor`` pixels."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=rule(ge=0))
     """Seed of the jitter; combined with a per-view seed so every view gets its own reproducible draw."""
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=rule(ge=1))
     """Crops per ``encode_crops`` call (memory/speed only; results do not depend on it)."""
 
     def __post_init__(self) -> None:
         self.patch_divisors = tuple(int(d) for d in self.patch_divisors)
-        if not self.patch_divisors or any(d < 1 for d in self.patch_divisors):
-            raise ValueError(f"patch_divisors must be positive integers, got {self.patch_divisors}")
-        if self.stride_divisor < 1:
-            raise ValueError(f"stride_divisor must be >= 1, got {self.stride_divisor}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_on_init(self)
 
 
 def patch_sizes(height: int, width: int, cfg: PixelClipConfig) -> list[tuple[int, int]]:

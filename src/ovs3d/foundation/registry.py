@@ -210,6 +210,74 @@ def build_masks(
     raise BackendError(f"unknown --masks backend {name!r} in {spec!r}; accepted: {ACCEPTED['masks']}")
 
 
+def check_spec(family: str, spec: str, flag: str | None = None) -> None:
+    """Check a ``--clip``/``--dino``/``--masks`` spec without building anything (milliseconds): its form, and
+    that an explicit weights file exists. ``auto`` passes. What needs the model itself (an architecture
+    name, a hub tag, the scene's ``sim/``) is checked when the backend is built.
+
+    Args:
+        family: ``clip``, ``dino`` or ``masks``.
+        spec: the flag's value.
+        flag: the flag as the user typed it (default ``--<family>``).
+
+    Raises:
+        BackendError: unknown or malformed spec, or a weights file that does not exist.
+    """
+    from ovs3d.foundation import weights
+
+    if spec == "auto":
+        return
+    flag = flag or f"--{family}"
+    name, rest = _split(spec, family)
+    if name == "sim":
+        _sim_seed(rest, spec, family, 0)
+        return
+    if family == "clip" and name in ("open_clip", "openclip"):
+        arch, _, pretrained = rest.partition(":")
+        if not arch.strip() or not pretrained.strip():
+            raise _malformed(spec, "clip", "expected open_clip:<arch>:<tag or weights file>")
+        if weights.looks_like_path(pretrained.strip()):
+            weights.resolve_weights_file(
+                pretrained.strip(),
+                what=f"open_clip {arch.strip()} weights file",
+                flag=f"{flag} open_clip:{arch.strip()}:/path/to/weights.bin",
+            )
+        return
+    if family == "dino" and name == "timm":
+        model, _, path = rest.partition(":")
+        if not model.strip():
+            raise _malformed(spec, "dino", "expected timm:<name>[:<weights file>]")
+        if path.strip():
+            hint = f"{flag} timm:{model.strip()}:/path/to/weights.safetensors"
+            weights.resolve_weights_file(path.strip(), what=f"timm {model.strip()} weights file", flag=hint)
+        return
+    if family == "masks" and name == "superpixel":
+        if (rest.lower() or "slic") not in ("slic", "felzenszwalb"):
+            raise _malformed(spec, "masks", f"unknown superpixel method {rest!r} (slic or felzenszwalb)")
+        return
+    if family == "masks" and name == "sam":
+        model_type, _, ckpt = rest.partition(":")
+        model_type = model_type.strip().lower()
+        if model_type not in ("vit_h", "vit_l", "vit_b"):
+            raise _malformed(spec, "masks", f"unknown SAM model type {model_type!r} (vit_h, vit_l or vit_b)")
+        if ckpt.strip():
+            from ovs3d.foundation.sam import SAM_CHECKPOINTS
+
+            hint = f"{flag} sam:{model_type}:/path/{SAM_CHECKPOINTS[model_type]}"
+            weights.resolve_weights_file(ckpt.strip(), what=f"SAM {model_type} checkpoint", flag=hint)
+        return
+    raise BackendError(f"unknown {flag} backend {name!r} in {spec!r}; accepted: {ACCEPTED[family]}")
+
+
+def spec_rule(family: str):
+    """``custom`` of a backend flag's :class:`~ovs3d.utils.config.Rule`: :func:`check_spec` of ``family``."""
+
+    def check(spec: str, flag: str) -> None:
+        check_spec(family, spec, flag)
+
+    return check
+
+
 DEFAULT_REAL = {
     "clip": "open_clip:ViT-B-16:openai",
     "dino": "timm:vit_base_patch8_224.dino",

@@ -107,7 +107,7 @@ def load_scene(root: str | Path, kind: Literal["auto", "forward", "bounded", "un
             raise SceneError(
                 f"{root / 'transforms.json'} has no depth bounds, which forward-facing scenes need: "
                 "add 'near_far': [near, far] to each frame (or top-level 'near'/'far'), "
-                "or load it with kind='bounded'"
+                "or pass --kind bounded (kind='bounded' in load_scene)"
             )
         c2w_n, near_far_n, world_from_file = recenter_forward(c2w, near_far)
         aabb = FORWARD_AABB.copy()
@@ -435,13 +435,24 @@ def _list_images(root: Path) -> list[Path]:
 
 
 def _check_images(paths: list[Path]) -> tuple[int, int]:
-    """Verify every image is readable (header + ``verify()``, no full decode) and all share one size."""
+    """Verify every image is readable to its end and all share one size.
+
+    PNG: ``verify()`` (every chunk's CRC, no decode). JPEG: the stream must end with its end-of-image
+    marker; a file that does not (truncated, or with data after the image) is decoded in full, at 1/8 size
+    (``draft``: every coefficient is read, the inverse DCT is cheap), so a truncated file is caught here
+    and not halfway through a fit.
+    """
     size: tuple[int, int] | None = None
     for p in paths:
         try:
             with Image.open(p) as im:
                 this = im.size
+                fmt = im.format
                 im.verify()
+            if fmt == "JPEG" and not _jpeg_ends(p):
+                with Image.open(p) as im:
+                    im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                    im.load()
         except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
             raise SceneError(f"cannot read image {p} ({_one_line(e)}): replace or remove the file") from e
         if size is None:
@@ -453,6 +464,15 @@ def _check_images(paths: list[Path]) -> tuple[int, int]:
             )
     assert size is not None
     return size
+
+
+def _jpeg_ends(path: Path) -> bool:
+    """Whether a JPEG file ends with the end-of-image marker ``FFD9`` (trailing zero padding allowed)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - 64))
+        tail = f.read().rstrip(b"\x00")
+    return tail.endswith(b"\xff\xd9")
 
 
 # ---------------------------------------------------------------------------------------------------

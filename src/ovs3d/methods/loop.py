@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ovs3d.utils.console import progress
-from ovs3d.utils.files import load_checkpoint, save_checkpoint
+from ovs3d.utils.files import atomic_write_text, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,25 @@ def _value(x: Any) -> Any:
     return float(x.detach()) if isinstance(x, Tensor) else x
 
 
+def trim_log(path: Path, step: int) -> None:
+    """Drop the records of a JSONL log after ``step`` (and a line cut short): what an interrupted run logged
+    after its last checkpoint, which the resumed run logs again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+
+    def keep(line: str) -> bool:
+        try:
+            rec = json.loads(line)
+            return line.endswith("\n") and int(rec.get("step", 0)) <= step
+        except (ValueError, TypeError, AttributeError):
+            return False
+
+    kept = [line for line in lines if keep(line)]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(kept))
+
+
 def run_stage(stage: Stage, settings: LoopSettings, callbacks: Sequence[Callback] = ()) -> int:
     """Train ``stage`` to ``stage.n_iters``, resuming from ``settings.checkpoint`` if it exists.
 
@@ -152,6 +171,7 @@ def run_stage(stage: Stage, settings: LoopSettings, callbacks: Sequence[Callback
         opt.load_state_dict(state["optimizer"])
         logger.info("resuming %s at iteration %d", stage.kind, step)
     t0, seconds_before = time.perf_counter(), float(stage.stats["train_seconds"])
+    trim_log(log_path, step)
     with open(log_path, "a") as log:
         for it in progress(range(step, stage.n_iters), desc=settings.desc, total=stage.n_iters - step):
             stage.before_step(it, gen)

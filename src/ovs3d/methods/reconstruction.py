@@ -26,6 +26,7 @@ from ovs3d.methods.loop import Callback, LoopSettings, run_stage
 from ovs3d.render.marching import MarchConfig, march, render_rgb
 from ovs3d.render.scene_rays import field_aabb, ray_near, view_rays
 from ovs3d.render.volume import distortion_loss
+from ovs3d.utils.config import rule
 from ovs3d.utils.files import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -37,54 +38,54 @@ CHECKPOINT_NAME = "reconstruction.pt"
 class ReconstructionConfig:
     """Settings of the RGB reconstruction stage (defaults sized for a 2-core CPU; the reference's in comments)."""
 
-    n_iters: int = 300
+    n_iters: int = field(default=300, metadata=rule(ge=1))
     """Training iterations (reference: 30000)."""
-    batch_size: int = 2048
+    batch_size: int = field(default=2048, metadata=rule(ge=1))
     """Rays per iteration (reference: 4096)."""
-    rgb_downscale: float = 2.0
+    rgb_downscale: float = field(default=2.0, metadata=rule(gt=0, le=1000))
     """Images are used at 1/rgb_downscale of full resolution (reference: 2)."""
-    init_voxels: int = 48**3
+    init_voxels: int = field(default=48**3, metadata=rule(ge=1, le=2**31))
     """Voxel count of the initial grid (reference: 128^3)."""
-    final_voxels: int = 128**3
+    final_voxels: int = field(default=128**3, metadata=rule(ge=1, le=2**31))
     """Voxel count after the last upsampling (reference: 640^3)."""
-    upsample_iters: tuple[int, ...] = (50, 100, 150, 200)
+    upsample_iters: tuple[int, ...] = field(default=(50, 100, 150, 200), metadata=rule(ge=0))
     """Iterations at which the grid grows, log-spaced in voxel count (reference: 2000, 3000, 4000, 5500)."""
-    occupancy_iters: tuple[int, ...] = (80, 160, 240)
+    occupancy_iters: tuple[int, ...] = field(default=(80, 160, 240), metadata=rule(ge=0))
     """Iterations at which the occupancy (alpha) grid is recomputed (reference: 2000, 4000)."""
-    occupancy_max_resolution: int = 192
+    occupancy_max_resolution: int = field(default=192, metadata=rule(ge=2, le=4096))
     """Largest occupancy-grid side (the grid follows the field's resolution up to this)."""
     visibility_culling: bool = True
     """Also empty voxels that no training ray sees (behind surfaces); TensoRF only uses density."""
-    visibility_rays: int = 65536
+    visibility_rays: int = field(default=65536, metadata=rule(ge=1))
     """Training rays (random subset) marched to find the visible voxels."""
-    density_components: tuple[int, int, int] = (16, 4, 4)
+    density_components: tuple[int, int, int] = field(default=(16, 4, 4), metadata=rule(ge=1))
     """Density components per plane-line pair (reference: 16, 4, 4)."""
-    app_components: tuple[int, int, int] = (48, 12, 12)
+    app_components: tuple[int, int, int] = field(default=(48, 12, 12), metadata=rule(ge=1))
     """Appearance components per plane-line pair (reference: 48, 12, 12)."""
-    app_dim: int = 27
+    app_dim: int = field(default=27, metadata=rule(ge=1))
     """Appearance feature size (reference: 27)."""
-    mlp_width: int = 128
+    mlp_width: int = field(default=128, metadata=rule(ge=1))
     """RGB MLP width (reference: 128)."""
-    lr_grid: float = 0.02
+    lr_grid: float = field(default=0.02, metadata=rule(ge=0))
     """Learning rate of planes and lines (reference: 0.02)."""
-    lr_net: float = 1e-3
+    lr_net: float = field(default=1e-3, metadata=rule(ge=0))
     """Learning rate of the basis and the MLP (TensoRF: 1e-3; the 3D-OVS config keeps 1e-4)."""
-    lr_decay_ratio: float = 0.1
+    lr_decay_ratio: float = field(default=0.1, metadata=rule(gt=0, le=1))
     """Learning rates decay exponentially to this fraction over n_iters (reset after each upsampling)."""
-    tv_weight_density: float = 1.0
+    tv_weight_density: float = field(default=1.0, metadata=rule(ge=0))
     """TV weight on density planes (x1e-2 internally, as TensoRF)."""
-    tv_weight_app: float = 1.0
+    tv_weight_app: float = field(default=1.0, metadata=rule(ge=0))
     """TV weight on appearance planes (x1e-2 internally)."""
-    distortion_weight: float = 0.01
+    distortion_weight: float = field(default=0.01, metadata=rule(ge=0))
     """Weight of mip-NeRF 360's distortion loss (0 = TensoRF). It removes the semi-transparent fog in front of
     surfaces: sharper depth, fewer weight-carrying samples (faster marching and semantic caching)."""
     march: MarchConfig = field(default_factory=MarchConfig)
     """Ray marching."""
-    seed: int = 20211202
+    seed: int = field(default=20211202, metadata=rule(ge=0))
     """Seed of initialisation and ray sampling (TensoRF's)."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = field(default=100, metadata=rule(ge=1))
     """Iterations between checkpoints."""
-    log_every: int = 50
+    log_every: int = field(default=50, metadata=rule(ge=1))
     """Iterations between log records."""
 
 

@@ -8,7 +8,7 @@ The same marching result serves the semantic stage, which caches the weight-carr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,19 +20,20 @@ from ovs3d.render.contraction import contract, contracted_sample_count, contract
 from ovs3d.render.rays import ray_aabb_intersect
 from ovs3d.render.sampling import samples_per_ray, stratified_samples
 from ovs3d.render.volume import accumulate_packed, alpha_from_density, render_weights
+from ovs3d.utils.config import rule
 
 
 @dataclass
 class MarchConfig:
     """How rays are marched."""
 
-    step_ratio: float = 0.5
+    step_ratio: float = field(default=0.5, metadata=rule(gt=0))
     """Step length in voxels of the current grid (TensoRF: 0.5)."""
-    distance_scale: float = 25.0
+    distance_scale: float = field(default=25.0, metadata=rule(gt=0))
     """Multiplier of segment lengths in the alpha computation (TensoRF: 25)."""
-    weight_threshold: float = 1e-4
+    weight_threshold: float = field(default=1e-4, metadata=rule(ge=0, lt=1))
     """Samples with a compositing weight below this skip the appearance branch (TensoRF: 1e-4)."""
-    max_samples: int = 1024
+    max_samples: int = field(default=1024, metadata=rule(ge=1, le=2**20))
     """Upper bound on uniform samples per ray."""
 
 

@@ -55,6 +55,7 @@ Output
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,7 @@ from ovs3d.scenegen.tabletop import (
 )
 from ovs3d.scenegen.textures import jitter_color, make_texture
 from ovs3d.scenegen.writer import first_valid_layout, generate_scene, write_scene
+from ovs3d.utils.config import check_config, field_name, rule
 
 logger = logging.getLogger(__name__)
 
@@ -113,57 +115,57 @@ PLACE_CHOICES = 16
 class OrbitConfig:
     """Configuration of the ``orbit`` preset (every field can be overridden from the CLI)."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=rule(ge=0))
     """Random seed: room, table, objects, labels, textures, light and cameras all follow from it."""
-    width: int = 160
+    width: int = field(default=160, metadata=rule(ge=16, le=16384))
     """Full-resolution image width in pixels (160x120 keeps a CPU fit of 60 views feasible)."""
-    height: int = 120
+    height: int = field(default=120, metadata=rule(ge=16, le=16384))
     """Full-resolution image height in pixels."""
-    n_views: int = 60
+    n_views: int = field(default=60, metadata=rule(ge=3, le=1000))
     """Number of views, split over the rings (the first rings take the remainder)."""
-    n_rings: int = 3
+    n_rings: int = field(default=3, metadata=rule(ge=1, le=8))
     """Number of elevation rings the cameras stand on (each goes once around the table)."""
-    n_annotated: int = 5
+    n_annotated: int = field(default=5, metadata=rule(ge=1))
     """Number of annotated (test) views with ground-truth masks, spread evenly around the middle ring."""
-    supersample: int = 3
+    supersample: int = field(default=3, metadata=rule(ge=1, le=16))
     """Anti-aliasing samples per pixel side for RGB (instance maps always use the pixel centre)."""
-    semantic_downscale: float = 4.0
+    semantic_downscale: float = field(default=4.0, metadata=rule(ge=1, le=1000))
     """Downscale of the semantic stage; only used by the object-size check."""
-    n_objects: tuple[int, int] = (4, 6)
+    n_objects: tuple[int, int] = field(default=(4, 6), metadata=rule(ge=1, le=8, ordered=True))
     """Inclusive range of the number of objects on the table."""
-    duplicate_prob: float = 0.2
+    duplicate_prob: float = field(default=0.2, metadata=rule(ge=0, le=1))
     """Probability that two objects share a label (e.g. two "green grape"s)."""
-    object_scale: float = 1.0
+    object_scale: float = field(default=1.0, metadata=rule(ge=0.2, le=2))
     """Object sizes are the ``tabletop`` preset's footprint radii (0.14-0.31 m) times this."""
-    table_radius: tuple[float, float] = (0.8, 0.95)
+    table_radius: tuple[float, float] = field(default=(0.8, 0.95), metadata=rule(ge=0.3, le=3, ordered=True))
     """Range of the table top's radius (round table) or half width (rectangular; its half depth is
     0.75-0.9 of that), metres."""
-    table_height: tuple[float, float] = (0.72, 0.78)
+    table_height: tuple[float, float] = field(default=(0.72, 0.78), metadata=rule(ge=0.2, le=2, ordered=True))
     """Range of the table's height (its top is the cameras' target), metres."""
-    round_table_prob: float = 0.5
+    round_table_prob: float = field(default=0.5, metadata=rule(ge=0, le=1))
     """Probability that the table is round (else rectangular)."""
-    camera_radius: float = 2.2
+    camera_radius: float = field(default=2.2, metadata=rule(le=50))
     """Distance of the cameras from the target (the table top's centre), metres, before jitter."""
-    elevation_deg: tuple[float, float] = (15.0, 30.0)
+    elevation_deg: tuple[float, float] = field(default=(15.0, 30.0), metadata=rule(ge=0, le=80, ordered=True))
     """Elevations of the lowest and the highest ring above the table top, degrees (one ring: the mean).
     Higher rings see less of the walls: with the defaults the highest ring (30°) still sees them in a band
     of ~5 % of the image at the top (at 35° they drop out of most views)."""
-    hfov_deg: float = 60.0
+    hfov_deg: float = field(default=60.0, metadata=rule(ge=10, le=120))
     """Horizontal field of view in degrees."""
-    wall_distance: tuple[float, float] = (9.0, 12.0)
+    wall_distance: tuple[float, float] = field(default=(9.0, 12.0), metadata=rule(le=1000, ordered=True))
     """Range of the distance of each wall from the table's centre, metres (each of the four sides drawn on
     its own). The default is ~4-5.5 x ``camera_radius``: far bounds are several times the camera circle."""
-    position_jitter: float = 0.02
+    position_jitter: float = field(default=0.02, metadata=rule(ge=0, le=0.1))
     """Relative jitter (std) of a camera's distance from the target."""
-    angle_jitter_deg: float = 1.0
+    angle_jitter_deg: float = field(default=1.0, metadata=rule(ge=0, le=5))
     """Jitter (std) of a camera's azimuth and elevation, degrees."""
-    target_jitter: float = 0.02
+    target_jitter: float = field(default=0.02, metadata=rule(ge=0, le=0.2))
     """Jitter (std, per axis) of the point a camera looks at, metres."""
-    min_size_factor: float = 0.8
+    min_size_factor: float = field(default=0.8, metadata=rule(ge=0))
     """Minimum short side of an object's visible bounding box, in units of the smallest CLIP patch."""
-    min_area_factor: float = 0.4
+    min_area_factor: float = field(default=0.4, metadata=rule(ge=0))
     """Minimum visible pixels of every object and label, in units of ``(min(H, W) / 10)^2``."""
-    max_layout_tries: int = 40
+    max_layout_tries: int = field(default=40, metadata=rule(ge=1))
     """Layouts to draw before giving up when none passes the validity check."""
 
     def ring_sizes(self) -> list[int]:
@@ -186,63 +188,40 @@ class OrbitConfig:
         start = sum(sizes[:mid])
         return [start + i for i in annotated_views(sizes[mid], self.n_annotated)]
 
-    def validate(self) -> None:
-        """Raise :class:`OVS3DError` on values that cannot make a scene."""
+    def validate(self, name: Callable[[str], str] = field_name) -> None:
+        """Raise :class:`OVS3DError` on values that cannot make a scene (one line).
+
+        Args:
+            name: how a setting is named in the message (default: the field; the CLI passes its flags).
+        """
         if self.width < 16 or self.height < 16:
-            raise OVS3DError(f"image size {self.width}x{self.height} is too small; use at least 16x16")
-        if not 1 <= self.n_rings <= 8:
-            raise OVS3DError(f"n_rings={self.n_rings} must be in [1, 8]")
-        if not 3 * self.n_rings <= self.n_views <= 1000:
-            raise OVS3DError(f"n_views={self.n_views} must be in [3 x n_rings = {3 * self.n_rings}, 1000]")
-        ring = self.ring_sizes()[self.n_rings // 2]
-        if not 1 <= self.n_annotated <= ring:
             raise OVS3DError(
-                f"n_annotated={self.n_annotated} must be in [1, {ring}] (the views of the middle ring); "
-                "raise n_views or lower n_rings"
+                f"image size {self.width}x{self.height} is too small: {name('width')} and {name('height')} "
+                "must be at least 16"
+            )
+        check_config(self, name=name)
+        if self.n_views < 3 * self.n_rings:
+            raise OVS3DError(
+                f"{name('n_views')}={self.n_views} must be at least 3 x {name('n_rings')} = {3 * self.n_rings}"
+            )
+        ring = self.ring_sizes()[self.n_rings // 2]
+        if self.n_annotated > ring:
+            raise OVS3DError(
+                f"{name('n_annotated')}={self.n_annotated} must be in [1, {ring}] (the views of the middle ring); "
+                f"raise {name('n_views')} or lower {name('n_rings')}"
             )
         if self.n_annotated >= self.n_views:
-            raise OVS3DError(f"all {self.n_views} views would be annotated; lower n_annotated")
-        if self.supersample < 1:
-            raise OVS3DError(f"supersample={self.supersample} must be >= 1")
-        if self.semantic_downscale < 1:
-            raise OVS3DError(f"semantic_downscale={self.semantic_downscale} must be >= 1")
-        lo, hi = self.n_objects
-        if not 1 <= lo <= hi <= 8:
-            raise OVS3DError(f"n_objects={self.n_objects} must be a range within [1, 8]")
-        if not 0.0 <= self.duplicate_prob <= 1.0:
-            raise OVS3DError(f"duplicate_prob={self.duplicate_prob} must be in [0, 1]")
-        if not 0.2 <= self.object_scale <= 2.0:
-            raise OVS3DError(f"object_scale={self.object_scale} must be in [0.2, 2]")
-        if not 0.3 <= self.table_radius[0] <= self.table_radius[1] <= 3.0:
-            raise OVS3DError(f"table_radius={self.table_radius} must be a range within [0.3, 3] metres")
-        if not 0.2 <= self.table_height[0] <= self.table_height[1] <= 2.0:
-            raise OVS3DError(f"table_height={self.table_height} must be a range within [0.2, 2] metres")
-        if not 0.0 <= self.round_table_prob <= 1.0:
-            raise OVS3DError(f"round_table_prob={self.round_table_prob} must be in [0, 1]")
-        if not 1.5 * self.table_radius[1] <= self.camera_radius <= 50.0:
+            raise OVS3DError(f"all {self.n_views} views would be annotated; lower {name('n_annotated')}")
+        if self.camera_radius < 1.5 * self.table_radius[1]:
             raise OVS3DError(
-                f"camera_radius={self.camera_radius} must be in [1.5 x the largest table radius = "
+                f"{name('camera_radius')}={self.camera_radius} must be in [1.5 x the largest table radius = "
                 f"{1.5 * self.table_radius[1]:g}, 50] metres"
             )
-        if not 0.0 <= self.elevation_deg[0] <= self.elevation_deg[1] <= 80.0:
-            raise OVS3DError(f"elevation_deg={self.elevation_deg} must be a range within [0, 80] degrees")
-        if not 10.0 <= self.hfov_deg <= 120.0:
-            raise OVS3DError(f"hfov_deg={self.hfov_deg} must be in [10, 120]")
-        if not 1.25 * self.camera_radius <= self.wall_distance[0] <= self.wall_distance[1] <= 1000.0:
+        if self.wall_distance[0] < 1.25 * self.camera_radius:
             raise OVS3DError(
-                f"wall_distance={self.wall_distance} must be a range within [1.25 x camera_radius = "
+                f"{name('wall_distance')}={self.wall_distance} must be a range within [1.25 x camera_radius = "
                 f"{1.25 * self.camera_radius:g}, 1000] metres (the cameras stand inside the room)"
             )
-        if not 0.0 <= self.position_jitter <= 0.1:
-            raise OVS3DError(f"position_jitter={self.position_jitter} must be in [0, 0.1]")
-        if not 0.0 <= self.angle_jitter_deg <= 5.0:
-            raise OVS3DError(f"angle_jitter_deg={self.angle_jitter_deg} must be in [0, 5] degrees")
-        if not 0.0 <= self.target_jitter <= 0.2:
-            raise OVS3DError(f"target_jitter={self.target_jitter} must be in [0, 0.2] metres")
-        if self.min_area_factor < 0 or self.min_size_factor < 0:
-            raise OVS3DError("min_area_factor and min_size_factor must be >= 0")
-        if self.max_layout_tries < 1:
-            raise OVS3DError("max_layout_tries must be >= 1")
 
 
 # ------------------------------------------------------------------------------------------ scene

@@ -26,6 +26,23 @@ _GENERATORS: dict[str, Callable[[Any, Path], Path]] = {
 }
 
 
+def scene_config(preset: str, seed: int, **overrides: Any) -> Any:
+    """The configuration of preset ``preset`` with ``seed`` and keyword overrides (not yet validated: its
+    ``validate(name)`` names the settings in messages as ``name`` says, e.g. as the CLI flags).
+
+    Raises:
+        OVS3DError: unknown preset or field.
+    """
+    if preset not in PRESETS:
+        raise OVS3DError(f"unknown scene preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    cls = PRESETS[preset]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise OVS3DError(f"unknown {preset} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return cls(**{**overrides, "seed": int(seed)})
+
+
 def make_scene(preset: str, seed: int, out: Path, **overrides: Any) -> Path:
     """Write the scene of preset ``preset`` with ``seed`` into ``out``.
 
@@ -41,12 +58,5 @@ def make_scene(preset: str, seed: int, out: Path, **overrides: Any) -> Path:
     Raises:
         OVS3DError: unknown preset or field, bad value, ``out`` holds something else.
     """
-    if preset not in PRESETS:
-        raise OVS3DError(f"unknown scene preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
-    cls = PRESETS[preset]
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise OVS3DError(f"unknown {preset} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    config = cls(**{**overrides, "seed": int(seed)})
+    config = scene_config(preset, seed, **overrides)
     return _GENERATORS[preset](config, Path(out))

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,7 @@ from ovs3d.scenegen.labels import SurfaceKind
 from ovs3d.scenegen.tabletop import annotated_views, look_at
 from ovs3d.scenegen.textures import Texture, albedo, jitter_color, make_texture
 from ovs3d.scenegen.writer import first_valid_layout, generate_scene, write_scene
+from ovs3d.utils.config import check_config, field_name, rule
 
 logger = logging.getLogger(__name__)
 
@@ -386,96 +388,69 @@ _check_pools()
 class RoomConfig:
     """Configuration of the ``room`` preset (every field can be overridden from the CLI)."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=rule(ge=0))
     """Random seed: room size, labels, layout, textures, light and camera path all follow from it."""
-    width: int = 320
+    width: int = field(default=320, metadata=rule(ge=16, le=16384))
     """Full-resolution image width in pixels (as ``tabletop``: the semantic stage then works at 80x60)."""
-    height: int = 240
+    height: int = field(default=240, metadata=rule(ge=16, le=16384))
     """Full-resolution image height in pixels."""
-    n_views: int = 60
+    n_views: int = field(default=60, metadata=rule(ge=4, le=1000))
     """Number of views; the camera turns once around over them."""
-    annotate_every: int = 10
+    annotate_every: int = field(default=10, metadata=rule(ge=1, le="n_views"))
     """Every ``annotate_every``-th view is annotated, the middle one of each block (``n_views //
     annotate_every`` views spread evenly when ``annotate_every`` does not divide ``n_views``)."""
-    n_annotated: int | None = None
+    n_annotated: int | None = field(default=None, metadata=rule(ge=1, le="n_views"))
     """If set, this many annotated views spread evenly instead of every ``annotate_every``-th."""
-    supersample: int = 2
+    supersample: int = field(default=2, metadata=rule(ge=1, le=16))
     """Anti-aliasing samples per pixel side for RGB (instance maps always use the pixel centre)."""
-    semantic_downscale: float = 4.0
+    semantic_downscale: float = field(default=4.0, metadata=rule(ge=1, le=1000))
     """Downscale of the semantic stage; only used by the object-size check."""
-    n_objects: tuple[int, int] = (4, 6)
+    n_objects: tuple[int, int] = field(default=(4, 6), metadata=rule(ge=0, le=len(FURNITURE_KINDS), ordered=True))
     """Inclusive range of the number of pieces of furniture against the walls."""
-    n_small: tuple[int, int] = (2, 4)
+    n_small: tuple[int, int] = field(default=(2, 4), metadata=rule(ge=0, le=len(SMALL_KINDS), ordered=True))
     """Inclusive range of the number of small objects on the furniture."""
-    n_pictures: tuple[int, int] = (1, 2)
+    n_pictures: tuple[int, int] = field(default=(1, 2), metadata=rule(ge=0, le=len(PICTURE_KINDS), ordered=True))
     """Inclusive range of the number of framed pictures (besides the clock and the blinds)."""
-    hfov_deg: float = 80.0
+    hfov_deg: float = field(default=80.0, metadata=rule(ge=30, le=120))
     """Horizontal field of view in degrees."""
-    camera_height: float = 1.5
+    camera_height: float = field(default=1.5, metadata=rule(ge=0.6, le=2.0))
     """Mean height of the cameras above the floor (metres)."""
-    height_jitter: float = 0.12
+    height_jitter: float = field(default=0.12, metadata=rule(ge=0, le=0.4))
     """Largest deviation of a camera's height from ``camera_height``."""
-    position_jitter: float = 0.3
+    position_jitter: float = field(default=0.3, metadata=rule(ge=0, le=0.5))
     """Largest horizontal distance of a camera from the room centre."""
-    pitch_deg: float = -10.0
+    pitch_deg: float = field(default=-10.0, metadata=rule(ge=-45, le=45))
     """Mean pitch of the cameras (negative looks down)."""
-    pitch_jitter_deg: float = 7.0
+    pitch_jitter_deg: float = field(default=7.0, metadata=rule(ge=0, le=30))
     """Amplitude of the pitch's slow variation around ``pitch_deg``."""
-    min_area_factor: float = 0.4
+    min_area_factor: float = field(default=0.4, metadata=rule(ge=0))
     """Minimum visible pixels of a label where it must be visible, in units of ``(min(H, W) / 10)^2``."""
-    min_size_factor: float = 0.6
+    min_size_factor: float = field(default=0.6, metadata=rule(ge=0))
     """Minimum short side of a label's bounding box in its best annotated view, in smallest CLIP patches."""
-    min_train_views: int = 3
+    min_train_views: int = field(default=3, metadata=rule(ge=0))
     """Every label must be visible (``min_area_factor``) in at least this many training views."""
-    max_layout_tries: int = 40
+    max_layout_tries: int = field(default=40, metadata=rule(ge=1))
     """Layouts to draw before giving up when none passes the validity check."""
 
-    def validate(self) -> None:
-        """Raise :class:`OVS3DError` on values that cannot make a scene."""
+    def validate(self, name: Callable[[str], str] = field_name) -> None:
+        """Raise :class:`OVS3DError` on values that cannot make a scene (one line).
+
+        Args:
+            name: how a setting is named in the message (default: the field; the CLI passes its flags).
+        """
         if self.width < 16 or self.height < 16:
-            raise OVS3DError(f"image size {self.width}x{self.height} is too small; use at least 16x16")
-        if not 4 <= self.n_views <= 1000:
-            raise OVS3DError(f"n_views={self.n_views} must be in [4, 1000] (the camera turns once around)")
-        if not 1 <= self.annotate_every <= self.n_views:
-            raise OVS3DError(f"annotate_every={self.annotate_every} must be in [1, n_views={self.n_views}]")
-        if self.n_annotated is not None and not 1 <= self.n_annotated <= self.n_views:
-            raise OVS3DError(f"n_annotated={self.n_annotated} must be in [1, n_views={self.n_views}]")
+            raise OVS3DError(
+                f"image size {self.width}x{self.height} is too small: {name('width')} and {name('height')} "
+                "must be at least 16"
+            )
+        check_config(self, name=name)
         if len(self.annotated) >= self.n_views:
             raise OVS3DError(
-                f"all {self.n_views} views would be annotated; raise annotate_every or lower n_annotated "
-                "so that some views remain for training"
+                f"all {self.n_views} views would be annotated; raise {name('annotate_every')} or lower "
+                f"{name('n_annotated')} so that some views remain for training"
             )
-        if self.supersample < 1:
-            raise OVS3DError(f"supersample={self.supersample} must be >= 1")
-        if self.semantic_downscale < 1:
-            raise OVS3DError(f"semantic_downscale={self.semantic_downscale} must be >= 1")
-        for name, (lo, hi), top in (
-            ("n_objects", self.n_objects, len(FURNITURE_KINDS)),
-            ("n_small", self.n_small, len(SMALL_KINDS)),
-            ("n_pictures", self.n_pictures, len(PICTURE_KINDS)),
-        ):
-            if not 0 <= lo <= hi <= top:
-                raise OVS3DError(f"{name}={(lo, hi)} must be a range within [0, {top}]")
         if self.n_small[1] > 0 and self.n_objects[1] == 0:
-            raise OVS3DError("n_small > 0 needs furniture to stand on: raise n_objects")
-        if not 30.0 <= self.hfov_deg <= 120.0:
-            raise OVS3DError(f"hfov_deg={self.hfov_deg} must be in [30, 120]")
-        if not 0.6 <= self.camera_height <= 2.0:
-            raise OVS3DError(f"camera_height={self.camera_height} must be in [0.6, 2.0] metres")
-        if not 0.0 <= self.height_jitter <= 0.4:
-            raise OVS3DError(f"height_jitter={self.height_jitter} must be in [0, 0.4] metres")
-        if not 0.0 <= self.position_jitter <= 0.5:
-            raise OVS3DError(f"position_jitter={self.position_jitter} must be in [0, 0.5] metres")
-        if not -45.0 <= self.pitch_deg <= 45.0:
-            raise OVS3DError(f"pitch_deg={self.pitch_deg} must be in [-45, 45] degrees")
-        if not 0.0 <= self.pitch_jitter_deg <= 30.0:
-            raise OVS3DError(f"pitch_jitter_deg={self.pitch_jitter_deg} must be in [0, 30] degrees")
-        if self.min_area_factor < 0 or self.min_size_factor < 0:
-            raise OVS3DError("min_area_factor and min_size_factor must be >= 0")
-        if self.min_train_views < 0:
-            raise OVS3DError(f"min_train_views={self.min_train_views} must be >= 0")
-        if self.max_layout_tries < 1:
-            raise OVS3DError("max_layout_tries must be >= 1")
+            raise OVS3DError(f"{name('n_small')} > 0 needs furniture to stand on: raise {name('n_objects')}")
 
     @property
     def annotated(self) -> list[int]:

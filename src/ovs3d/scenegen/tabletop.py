@@ -40,6 +40,7 @@ Output
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from ovs3d.scenegen import raycast as rc
 from ovs3d.scenegen.labels import OBJECTS, TABLES, WALLS, ObjectKind, SurfaceKind
 from ovs3d.scenegen.textures import Texture, albedo, jitter_color, make_texture
 from ovs3d.scenegen.writer import first_valid_layout, generate_scene, write_scene
+from ovs3d.utils.config import check_config, field_name, rule
 
 logger = logging.getLogger(__name__)
 
@@ -76,79 +78,61 @@ CHUNK_RAYS = 1 << 16
 class TabletopConfig:
     """Configuration of the ``tabletop`` preset (every field can be overridden from the CLI)."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=rule(ge=0))
     """Random seed: the layout, labels, textures, light and camera path all follow from it."""
-    width: int = 320
+    width: int = field(default=320, metadata=rule(ge=16, le=16384))
     """Full-resolution image width in pixels."""
-    height: int = 240
+    height: int = field(default=240, metadata=rule(ge=16, le=16384))
     """Full-resolution image height in pixels."""
-    n_views: int = 24
+    n_views: int = field(default=24, metadata=rule(ge=2, le=1000))
     """Number of views along the forward-facing camera path."""
-    n_annotated: int = 5
+    n_annotated: int = field(default=5, metadata=rule(ge=1, le="n_views"))
     """Number of annotated (test) views with ground-truth masks, spread along the path."""
-    supersample: int = 3
+    supersample: int = field(default=3, metadata=rule(ge=1, le=16))
     """Anti-aliasing samples per pixel side for RGB (instance maps always use the pixel centre)."""
-    semantic_downscale: float = 4.0
+    semantic_downscale: float = field(default=4.0, metadata=rule(ge=1, le=1000))
     """Downscale of the semantic stage; only used by the object-size check."""
-    n_objects: tuple[int, int] = (4, 7)
+    n_objects: tuple[int, int] = field(default=(4, 7), metadata=rule(ge=1, le=12, ordered=True))
     """Inclusive range of the number of objects on the table."""
-    duplicate_prob: float = 0.2
+    duplicate_prob: float = field(default=0.2, metadata=rule(ge=0, le=1))
     """Probability that two objects share a label (e.g. two "green grape"s)."""
-    hfov_deg: float = 50.0
+    hfov_deg: float = field(default=50.0, metadata=rule(ge=10, le=120))
     """Horizontal field of view in degrees."""
     soft_shadows: bool = True
     """Use a small disc light (soft shadows through the supersamples) instead of a point light."""
-    min_size_factor: float = 0.8
+    min_size_factor: float = field(default=0.8, metadata=rule(ge=0))
     """Minimum short side of an object's visible bounding box, in units of the smallest CLIP patch."""
-    min_area_factor: float = 0.4
+    min_area_factor: float = field(default=0.4, metadata=rule(ge=0))
     """Minimum visible pixels of every object and label, in units of ``(min(H, W) / 10)^2``."""
-    max_layout_tries: int = 40
+    max_layout_tries: int = field(default=40, metadata=rule(ge=1))
     """Layouts to draw before giving up when none passes the validity check."""
-    n_small: tuple[int, int] = (0, 0)
+    n_small: tuple[int, int] = field(default=(0, 0), metadata=rule(ge=0, le=8, ordered=True))
     """Hard cases: inclusive range of extra *small* objects (footprint radius ``small_radius``, about 0.3-1 %
     of a 320x240 image each) on top of ``n_objects``."""
-    small_radius: tuple[float, float] = (0.075, 0.12)
+    small_radius: tuple[float, float] = field(default=(0.075, 0.12), metadata=rule(ge=0.02, le=0.4, ordered=True))
     """Footprint radius range of the small objects (world units; the ``S`` class is 0.14-0.18)."""
-    small_touch_prob: float = 0.0
+    small_touch_prob: float = field(default=0.0, metadata=rule(ge=0, le=1))
     """Hard cases: probability that a small object stands against a larger one (touching it, camera side)."""
     small_confused: bool = False
     """Hard cases: give small objects labels whose simulated CLIP confuser (SPEC §2, SimCLIP seed 0) is the
     label of a larger surface (wall, table or a larger object), so their CLIP evidence leaks into it."""
-    hub_labels: int = 0
+    hub_labels: int = field(default=0, metadata=rule(ge=0))
     """Hard cases: this many of the larger surfaces (wall, table, then objects, largest first) get labels that
     are strong simulated CLIP hubs (hubness β in the top quarter of their label pool), which score high
     everywhere."""
 
-    def validate(self) -> None:
-        """Raise :class:`OVS3DError` on values that cannot make a scene."""
+    def validate(self, name: Callable[[str], str] = field_name) -> None:
+        """Raise :class:`OVS3DError` on values that cannot make a scene (one line).
+
+        Args:
+            name: how a setting is named in the message (default: the field; the CLI passes its flags).
+        """
         if self.width < 16 or self.height < 16:
-            raise OVS3DError(f"image size {self.width}x{self.height} is too small; use at least 16x16")
-        if not 2 <= self.n_views <= 1000:
-            raise OVS3DError(f"n_views={self.n_views} must be in [2, 1000]")
-        if not 1 <= self.n_annotated <= self.n_views:
-            raise OVS3DError(f"n_annotated={self.n_annotated} must be in [1, n_views={self.n_views}]")
-        if self.supersample < 1:
-            raise OVS3DError(f"supersample={self.supersample} must be >= 1")
-        if self.semantic_downscale < 1:
-            raise OVS3DError(f"semantic_downscale={self.semantic_downscale} must be >= 1")
-        lo, hi = self.n_objects
-        if not 1 <= lo <= hi <= 12:
-            raise OVS3DError(f"n_objects={self.n_objects} must be a range within [1, 12]")
-        if not 0.0 <= self.duplicate_prob <= 1.0:
-            raise OVS3DError(f"duplicate_prob={self.duplicate_prob} must be in [0, 1]")
-        if not 10.0 <= self.hfov_deg <= 120.0:
-            raise OVS3DError(f"hfov_deg={self.hfov_deg} must be in [10, 120]")
-        if self.max_layout_tries < 1:
-            raise OVS3DError("max_layout_tries must be >= 1")
-        lo, hi = self.n_small
-        if not 0 <= lo <= hi <= 8:
-            raise OVS3DError(f"n_small={self.n_small} must be a range within [0, 8]")
-        if not 0.02 <= self.small_radius[0] <= self.small_radius[1] <= 0.4:
-            raise OVS3DError(f"small_radius={self.small_radius} must be a range within [0.02, 0.4]")
-        if not 0.0 <= self.small_touch_prob <= 1.0:
-            raise OVS3DError(f"small_touch_prob={self.small_touch_prob} must be in [0, 1]")
-        if self.hub_labels < 0:
-            raise OVS3DError(f"hub_labels={self.hub_labels} must be >= 0")
+            raise OVS3DError(
+                f"image size {self.width}x{self.height} is too small: {name('width')} and {name('height')} "
+                "must be at least 16"
+            )
+        check_config(self, name=name)
 
 
 @dataclass

@@ -10,10 +10,11 @@ keeps the ratios (T = 2/3, N = 1/15 of ``n_iters``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ovs3d.methods.threedovs.config import SemanticConfig
+from ovs3d.utils.config import rule
 
 
 @dataclass
@@ -28,7 +29,7 @@ class OVNeRFConfig(SemanticConfig):
     use_rsr: bool = True
     """Region Semantic Ranking: regularise each view's 2D class map with its mask proposals (Eq. 5–7).
     False (ablation "w/o RSR"): the cross-entropy targets are the raw 2D class maps."""
-    rsr_weight: float = 1.0
+    rsr_weight: float = field(default=1.0, metadata=rule(ge=0))
     """Weight of the cross-entropy against the RSR maps (reference: 1)."""
     rsr_relevancy: Literal["scene", "view", "raw"] = "scene"
     """Which relevancy the 2D class map RSR starts from is the argmax of: ``scene`` = the pixel CLIP cosines
@@ -47,21 +48,21 @@ class OVNeRFConfig(SemanticConfig):
     code's ``F·t``, whose norm is a learnable temperature); ``cosine`` = normalised feature."""
     use_cse: bool = True
     """Cross-view Self-enhancement (Alg. 1): from ``cse_start`` on, update the targets from the field."""
-    cse_start: int = 400
+    cse_start: int = field(default=400, metadata=rule(ge=0))
     """T: first update (reference 10,000 of 15,000 iterations)."""
-    cse_every: int = 40
+    cse_every: int = field(default=40, metadata=rule(ge=1))
     """N: iterations between updates (reference 1,000 of 15,000)."""
-    cse_novel_views: int = 12
+    cse_novel_views: int = field(default=12, metadata=rule(ge=0))
     """N+: novel poses rendered at each update (0 = CSE on the training views only; reference 60 in the
     paper, 120 in the code, with ~270 training views)."""
-    cse_novel_weight: float = 1.0
+    cse_novel_weight: float = field(default=1.0, metadata=rule(ge=0))
     """Weight of the cross-entropy on novel-view rays (reference: 1)."""
-    cse_radius: float = 0.05
+    cse_radius: float = field(default=0.05, metadata=rule(ge=0))
     """Radius of the novel cameras' circle around the free-space centre, as a fraction of the scene box's
     largest side (bounded scenes; forward-facing scenes use the spiral around the training cameras)."""
-    cse_pitch_deg: float = 11.3
+    cse_pitch_deg: float = field(default=11.3, metadata=rule(ge=-90, le=90))
     """Downward pitch of the novel cameras (reference: atan(0.001 / 0.005) = 11.3°)."""
-    cse_min_opacity: float = 0.5
+    cse_min_opacity: float = field(default=0.5, metadata=rule(ge=0, le=1))
     """A novel render whose mean opacity is below this is skipped (it looks into empty space)."""
     prompt_templates: Literal["none", "imagenet", "imagenet+scene"] = "none"
     """Text features for CSE's updates and for predictions: the raw labels (``none``) or an ensemble of CLIP's

@@ -2,56 +2,58 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from ovs3d.utils.config import rule
 
 
 @dataclass
 class SemanticConfig:
     """Settings of the 3D-OVS semantic stage (CPU-sized defaults; the reference's in comments)."""
 
-    n_iters: int = 600
+    n_iters: int = field(default=600, metadata=rule(ge=1))
     """Iterations (reference: 15000)."""
-    joint_start: int = 200
+    joint_start: int = field(default=200, metadata=rule(ge=0))
     """Iteration at which appearance and RGB join the training (reference: 5000)."""
-    batch_size: int = 1024
+    batch_size: int = field(default=1024, metadata=rule(ge=1))
     """Pixel rays per step for the feature loss and RDA (reference: 4096)."""
-    n_patches: int = 8
+    n_patches: int = field(default=8, metadata=rule(ge=1))
     """DINO patches per step for FDA (reference: 8)."""
-    patch_cells: int = 12
+    patch_cells: int = field(default=12, metadata=rule(ge=1))
     """Patch side in DINO cells (reference: 32 = 256 px / 8)."""
-    samples_per_ray: int = 8
+    samples_per_ray: int = field(default=8, metadata=rule(ge=1))
     """Heaviest samples kept per ray from the frozen geometry (the reference marches 482 every step)."""
     feature_activation: bool = True
     """ReLUs in the CLIP-feature MLP (paper's "MLP"); False = the official code's affine decoder."""
-    mlp_width: int = 128
+    mlp_width: int = field(default=128, metadata=rule(ge=1))
     """Hidden width of the CLIP-feature MLP (reference: 128)."""
-    select_components: tuple[int, int, int] = (16, 4, 4)
+    select_components: tuple[int, int, int] = field(default=(16, 4, 4), metadata=rule(ge=1))
     """Selection Volume components per plane-line pair (reference: density's 16, 4, 4)."""
-    semantic_components: tuple[int, int, int] = (0, 0, 0)
+    semantic_components: tuple[int, int, int] = field(default=(0, 0, 0), metadata=rule(ge=0))
     """Components per plane-line pair of a semantic VM grid whose features join the appearance feature at the
     CLIP-feature MLP's input (ours); (0, 0, 0) = none: the CLIP branch reads the appearance volume alone, as
     in the paper and the code."""
-    lr_grid: float = 0.02
+    lr_grid: float = field(default=0.02, metadata=rule(ge=0))
     """Selection grids (reference: 0.02)."""
-    lr_net: float = 1e-3
+    lr_net: float = field(default=1e-3, metadata=rule(ge=0))
     """Feature MLP and selection basis (reference: 1e-4 over 15k iterations; higher for the short CPU schedule)."""
-    lr_app_joint: float = 5e-3
+    lr_app_joint: float = field(default=5e-3, metadata=rule(ge=0))
     """Appearance grids after joint_start (reference: 5e-3)."""
-    lr_rgb_joint: float = 5e-5
+    lr_rgb_joint: float = field(default=5e-5, metadata=rule(ge=0))
     """Appearance basis and RGB MLP after joint_start (reference: 5e-5)."""
-    lr_decay_ratio: float = 0.1
+    lr_decay_ratio: float = field(default=0.1, metadata=rule(gt=0, le=1))
     """Every learning rate decays exponentially to this fraction over n_iters (reference: 0.1)."""
     use_rda: bool = True
     """Relevancy-Distribution Alignment (ablation: False)."""
-    rda_weight: float = 5.0
+    rda_weight: float = field(default=5.0, metadata=rule(ge=0))
     """Weight of RDA (reference: 1; 0.1 for office_desk). 5 here: with 600 iterations instead of 15,000, weight
     1 leaves CLIP's absolute-relevancy ambiguity in place (bench/RESULTS.md §3)."""
     rda_mode: Literal["paper", "code"] = "code"
     """``code`` (default): unnormalised feature, softmax(R̄), as the official code; ``paper``: cosine logits
     (Eq. 4-5 at temperature 1), R̄ rescaled to a distribution. The paper's reading cannot overcome the
     ambiguity on our scenes (bench/RESULTS.md §3); ``variant paper`` restores all the paper's choices."""
-    rda_temperature: float = 1.0
+    rda_temperature: float = field(default=1.0, metadata=rule(gt=0))
     """Temperature of the RDA target (``softmax(R̄ / T)`` in code mode); 1 = the paper's and the code's."""
     rda_detach_selection: bool = False
     """Stop RDA's gradient from reaching the Selection Volume through its target ``Σ_s S_s R̄_s``. False = the
@@ -60,16 +62,16 @@ class SemanticConfig:
     """``dino``: teach the Selection Volume the scale DINO says fits each pixel's object (the largest Alg. 1
     window that is mostly the pixel's own DINO segment, else the smallest; ours, not the paper's). ``none``:
     the selection learns only from the feature loss and RDA, as in the paper and the code."""
-    selection_prior_weight: float = 1.0
+    selection_prior_weight: float = field(default=1.0, metadata=rule(ge=0))
     """Weight of the selection-prior loss (cross-entropy of the rendered selection to the preferred scale)."""
-    selection_purity: float = 0.5
+    selection_purity: float = field(default=0.5, metadata=rule(ge=0, le=1))
     """Share of a window that must be the pixel's own DINO segment for the window to count as fitting."""
     ray_sampling: Literal["uniform", "balanced"] = "balanced"
     """``balanced`` (default, ours): each pixel ray is drawn with probability inversely proportional to the size
     of its pseudo-class (the argmax of its view's normalised relevancy), so that a label covering 0.5 % of the
     pixels is not 0.5 % of every batch; with uniform draws the shared field fits the large labels and small
     objects vanish (bench/RESULTS.md §4). ``uniform``: the paper's and the code's draws."""
-    ray_balance_power: float = 1.0
+    ray_balance_power: float = field(default=1.0, metadata=rule(ge=0))
     """Exponent γ of the balanced draws: a ray's weight is (size of its pseudo-class)^-γ; 1 gives every
     pseudo-class the same share, 0 is uniform."""
     use_fda: bool = True
@@ -79,22 +81,22 @@ class SemanticConfig:
     ordered pairs, one mean), scaled by fda_w_pos."""
     fda_divergence: Literal["js", "kl"] = "js"
     """``js``: the paper's Eq. 11; ``kl``: the official code's pairwise KL."""
-    fda_tau: float = 0.2
+    fda_tau: float = field(default=0.2, metadata=rule(gt=0))
     """Temperature of Eq. 10 (reference: 0.2)."""
-    fda_shift: float = 0.7
+    fda_shift: float = field(default=0.7, metadata=rule())
     """DINO similarity offset b (reference: 0.7)."""
-    fda_w_pos: float = 20.0
+    fda_w_pos: float = field(default=20.0, metadata=rule(ge=0))
     """λ_pos (reference: 200). 20 here: at 200 the similar-pair term spreads the label of each region's
     majority over whole objects and small objects vanish into the table or wall (bench/RESULTS.md §3)."""
-    fda_w_neg: float = 0.2
+    fda_w_neg: float = field(default=0.2, metadata=rule(ge=0))
     """λ_neg (reference: 0.2)."""
-    rgb_weight: float = 1.0
+    rgb_weight: float = field(default=1.0, metadata=rule(ge=0))
     """Weight of the RGB loss after joint_start (reference: 1)."""
-    seed: int = 20230417
+    seed: int = field(default=20230417, metadata=rule(ge=0))
     """Seed of initialisation and sampling (reference's)."""
-    checkpoint_every: int = 200
+    checkpoint_every: int = field(default=200, metadata=rule(ge=1))
     """Iterations between checkpoints."""
-    log_every: int = 50
+    log_every: int = field(default=50, metadata=rule(ge=1))
     """Iterations between log records."""
 
 
