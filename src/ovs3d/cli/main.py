@@ -19,6 +19,7 @@ from ovs3d.errors import OVS3DError
 from ovs3d.export import ExportConfig
 from ovs3d.foundation.features import FeatureConfig
 from ovs3d.foundation.registry import spec_rule
+from ovs3d.io.colmap import CAMERA_MODELS
 from ovs3d.methods.registry import DEFAULT_METHOD, check_method
 from ovs3d.run import FitConfig, check_device
 from ovs3d.utils.config import check_config, deferred_checks, flag_name, rule
@@ -208,12 +209,20 @@ class Import:
     """Text labels of the things in the scene (segmentations/classes.txt), e.g. --classes 'a red mug' 'lime wall'."""
     matcher: Literal["exhaustive", "sequential"] = "exhaustive"
     """Feature matching: exhaustive (every pair; up to a few hundred photos) or sequential (video frames)."""
+    camera_model: str = field(default="SIMPLE_RADIAL", metadata=rule(choices=CAMERA_MODELS))
+    """COLMAP camera model of the photos (SIMPLE_RADIAL, OPENCV, PINHOLE, ...); images are undistorted to pinhole."""
+    max_image_size: int | None = field(default=None, metadata=rule(ge=16))
+    """Longest side of the written images in pixels (default: the photos' own size)."""
+    threads: int = field(default=-1, metadata=rule(ge=-1))
+    """COLMAP threads (-1: all cores)."""
 
     def main(self) -> None:
         from ovs3d.io.colmap import import_scene
 
         t0 = time.perf_counter()
-        out = import_scene(self.images, self.out, self.classes, self.matcher)
+        out = import_scene(
+            self.images, self.out, self.classes, self.matcher, self.camera_model, self.max_image_size, self.threads
+        )
         _console().print(f"imported {self.images} in {time.perf_counter() - t0:.0f}s: {out}")
 
 
