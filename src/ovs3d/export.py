@@ -332,7 +332,7 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
     from ovs3d.query import check_texts, check_views, unique_slugs
     from ovs3d.render.cached import top_samples
     from ovs3d.render.scene_rays import field_to_input, field_to_world, input_scale, ray_near, view_rays
-    from ovs3d.utils.console import progress
+    from ovs3d.utils.console import Work, progress
 
     t0 = time.perf_counter()
     fit_cfg, scene, trained = opened.fit_cfg, opened.scene, opened.trained
@@ -358,7 +358,7 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
     w_img, h_img = scene.image_size(downscale)
     depth_maps = np.full((len(views), h_img, w_img), np.inf, dtype=np.float64)
     n_rays = 0
-    for vi, v in enumerate(progress(views, desc="fusing views")):
+    for vi, v in enumerate(progress(views, desc="fusing views", work=Work("views"))):
         rays_o, rays_d = view_rays(scene, v, downscale)
         n_rays += rays_o.shape[0]
         samples = top_samples(trained, rays_o, rays_d, near, 8)
@@ -514,8 +514,10 @@ def label_meshes(points: PointCloud, trained, scene, cfg: ExportConfig) -> dict[
     tree = cKDTree(points.field_xyz / steps)  # in cell units
     dist, nearest = tree.query(grid / steps, k=1, workers=-1)
     labels = np.where(dist <= 2.0 + _nn_spacing(tree), points.label[nearest], -1).reshape(n, n, n)
+    from ovs3d.utils.console import Work, progress
+
     out = {}
-    for c in range(len(points.classes)):
+    for c in progress(range(len(points.classes)), desc="label meshes", work=Work("labels")):
         mine = points.label == c
         if not mine.any() or not (labels == c).any():
             continue

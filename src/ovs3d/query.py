@@ -156,7 +156,7 @@ def query(
     """
     from ovs3d.eval.metrics import view_key
     from ovs3d.eval.visualize import relevancy_heatmap
-    from ovs3d.utils.console import progress
+    from ovs3d.utils.console import Work, progress
     from ovs3d.utils.files import atomic_write_bytes, atomic_write_image, atomic_write_json
 
     texts = check_texts(texts)
@@ -167,7 +167,7 @@ def query(
     t0 = time.perf_counter()
     queries = loaded.encode(texts)
     seconds = {"encode_text": time.perf_counter() - t0, "views": {}}
-    for v in progress(views, desc="querying views"):
+    for v in progress(views, desc="querying views", work=Work("views")):
         t1 = time.perf_counter()
         rel, rgb = view_relevancy(loaded, v, queries)
         seconds["views"][view_key(v)] = time.perf_counter() - t1
@@ -199,7 +199,7 @@ def _path_videos(loaded: LoadedRun, queries: torch.Tensor, slugs: list[str], out
     from ovs3d.render.rays import pixel_grid
     from ovs3d.render.scene_rays import camera_rays_in_field, ray_near
     from ovs3d.run import camera_path
-    from ovs3d.utils.console import progress
+    from ovs3d.utils.console import Work, progress
 
     scene, method = loaded.scene, loaded.method
     ds = loaded.cfg.features.semantic_downscale
@@ -207,7 +207,7 @@ def _path_videos(loaded: LoadedRun, queries: torch.Tensor, slugs: list[str], out
     u, v = pixel_grid(w, h)
     intr = scene.intrinsics_at(ds)[0]
     videos: list[list[np.ndarray]] = [[] for _ in slugs]
-    for c2w in progress(list(camera_path(scene, frames)), desc="rendering the camera path"):
+    for c2w in progress(list(camera_path(scene, frames)), desc="rendering the camera path", work=Work("frames")):
         o, d = camera_rays_in_field(scene, c2w, intr, ds, u, v)
         r = method.render_rays(o, d, ray_near(scene))
         r = {k: t.reshape(h, w, *t.shape[1:]) for k, t in r.items()}

@@ -35,8 +35,9 @@ from ovs3d.methods.reconstruction import (
 )
 from ovs3d.methods.registry import DEFAULT_METHOD, RECONSTRUCTION_ONLY, check_method, method_config_type
 from ovs3d.utils.config import check_config, config_from_dict, field_name, rule
+from ovs3d.utils.console import Work, note, progress
 from ovs3d.utils.device import resolve_device
-from ovs3d.utils.files import atomic_write_json
+from ovs3d.utils.files import atomic_write_json, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def fit(cfg: FitConfig) -> Path:
                 f"{run} was created with other settings ({', '.join(changed[:4])}); "
                 "resume it with the same flags or choose a new --out"
             )
-        logger.info("resuming run %s", run)
+        note(f"resuming run {run} (its finished stages are kept)")
     elif run.exists() and any(run.iterdir()):
         raise OVS3DError(f"{run} exists and is not an ovs3d run folder; choose a new --out")
     scene = _load_scene(cfg.scene, cfg.kind)
@@ -218,10 +219,13 @@ def fit(cfg: FitConfig) -> Path:
         # reconstruction: a bad flag leaves no half-made run behind.
         backends = _backends(cfg, scene, device, used)
     run.mkdir(parents=True, exist_ok=True)
+    if removed := remove_stale_temps(run, recursive=True):
+        note(f"removed {removed} temporary file(s) an earlier run killed outright left in {run}")
     atomic_write_json(
         run / "config.json",
         {"version": RUN_VERSION, "fit": new, "scene_kind": scene.kind, "classes": scene.classes},
     )
+    note(f"fit {cfg.method}: {len(views)} training views of {scene.root} ({scene.kind}) on {device} into {run}")
     ckpt = run / "checkpoints" / CHECKPOINT_NAME
     if cfg.recon_from is not None and not ckpt.exists():
         _copy_reconstruction(Path(cfg.recon_from), cfg, ckpt)
@@ -372,7 +376,8 @@ def evaluate(run: Path, max_psnr_views: int = 8, protocol: Protocol = "3dovs") -
         views = [views[i] for i in np.linspace(0, len(views) - 1, max_psnr_views).round().astype(int)]
     ds = cfg.recon.rgb_downscale
     per_view, images = {}, {}
-    for v in views:
+    which = "held-out" if cfg.holdout else "training"
+    for v in progress(views, desc=f"PSNR of the {which} views", work=Work("views")):
         out = render_view(trained, scene, v, ds)
         gt = scene.load_image(v, ds)
         per_view[v] = float(psnr(out["rgb"], gt))
@@ -404,14 +409,13 @@ def _evaluate_segmentation(scene, cfg: FitConfig, method, eval_dir: Path, split:
     from ovs3d.eval.metrics import relevancy_metrics, view_key
     from ovs3d.eval.report import write_segmentation_eval
     from ovs3d.eval.visualize import relevancy_heatmap
-    from ovs3d.utils.console import progress
     from ovs3d.utils.files import atomic_write_image
 
     t0 = time.perf_counter()
     ds = cfg.features.semantic_downscale
     negatives = method_negatives(cfg, scene, method)
     preds, gts, rgbs, rels = {}, {}, {}, {}
-    for v in progress(list(scene.annotated), desc="evaluating views"):
+    for v in progress(list(scene.annotated), desc="evaluating views", work=Work("views")):
         out = method.render_view(scene, v, ds)
         preds[v] = method.predict_labels(out).cpu().numpy().astype(np.int64)
         gts[v] = scene.load_masks(v, ds)
@@ -470,7 +474,6 @@ def render(
     from ovs3d.io.video import write_video
     from ovs3d.render.rays import pixel_grid
     from ovs3d.render.scene_rays import camera_rays_in_field, ray_near
-    from ovs3d.utils.console import progress
     from ovs3d.utils.files import atomic_write_image
 
     cfg = fit_config_from_run(run)
@@ -523,13 +526,13 @@ def render(
     intr_all = scene.intrinsics_at(ds)
     if views is None:
         views = list(scene.annotated) or sorted({0, scene.n_views // 2, scene.n_views - 1})
-    for view in progress(views, desc="rendering views"):
+    for view in progress(views, desc="rendering views", work=Work("views")):
         for kind, img in frame(scene.c2w[view], intr_all[view]).items():
             atomic_write_image(out / "views" / f"{view:02d}_{kind}.png", img)
     if path_frames > 0:
         cams = camera_path(scene, path_frames)
         videos: dict[str, list[np.ndarray]] = {}
-        for c2w in progress(list(cams), desc="rendering camera path"):
+        for c2w in progress(list(cams), desc="rendering camera path", work=Work("frames")):
             for kind, img in frame(c2w, intr_all[0]).items():
                 videos.setdefault(kind, []).append(img)
         for kind, frames in videos.items():

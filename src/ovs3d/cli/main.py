@@ -6,9 +6,11 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import time
 import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +25,7 @@ from ovs3d.io.colmap import CAMERA_MODELS
 from ovs3d.methods.registry import DEFAULT_METHOD, check_method
 from ovs3d.run import FitConfig, check_device
 from ovs3d.utils.config import check_config, deferred_checks, flag_name, rule
+from ovs3d.utils.console import TIME_FORMAT, is_quiet, on_terminal, set_quiet
 
 
 def _console():
@@ -31,8 +34,33 @@ def _console():
     return Console(stderr=False, highlight=False)
 
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[str, ...] = typing.get_args(LogLevel)
+
+
+def default_log_level() -> str:
+    """``$OVS3D_LOG`` when it names a level of :data:`LOG_LEVELS`, else ``warning``."""
+    level = os.environ.get("OVS3D_LOG", "warning").lower()
+    return level if level in LOG_LEVELS else "warning"
+
+
 @dataclass
-class MakeScene:
+class Output:
+    """What every command reports besides its result: the flags ``--quiet`` and ``--log-level`` (given before or
+    after the command's name)."""
+
+    quiet: Annotated[bool, tyro.conf.arg(aliases=("-q",))] = field(default=False, kw_only=True)
+    """No progress bars or lines, no stage, estimate or note lines (warnings, errors and results still show)."""
+    log_level: LogLevel = field(default_factory=default_log_level, kw_only=True)
+    """Library messages to show: debug, info, warning, or only errors (default: $OVS3D_LOG, else warning)."""
+
+
+OUTPUT_FLAGS = ("quiet", "log_level")
+"""The fields of :class:`Output`, which every command has."""
+
+
+@dataclass
+class MakeScene(Output):
     """Write a synthetic scene in the SPEC §1 layout."""
 
     out: Path
@@ -70,7 +98,8 @@ class MakeScene:
         from ovs3d.scenegen.presets import scene_config
 
         flags = {f.name for f in fields(self)}
-        overrides = {n: getattr(self, n) for n in flags - {"out", "preset", "seed"} if getattr(self, n) is not None}
+        own = flags - {"out", "preset", "seed", *OUTPUT_FLAGS}
+        overrides = {n: getattr(self, n) for n in own if getattr(self, n) is not None}
         # the preset's settings, checked first with the flags named as typed (settings without a flag by name)
         scene_config(self.preset, self.seed, **overrides).validate(lambda n: flag_name(n) if n in flags else n)
         t0 = time.perf_counter()
@@ -78,7 +107,8 @@ class MakeScene:
         _console().print(f"wrote {self.preset} scene (seed {self.seed}) to {path} in {time.perf_counter() - t0:.1f}s")
 
 
-class FitCommand(FitConfig):
+@dataclass
+class FitCommand(FitConfig, Output):
     """Scene -> trained (semantic) radiance field: reconstruction, cached features, the method's training.
 
     The flags are :class:`~ovs3d.run.FitConfig`'s; ``--semantic.*`` are the chosen ``--method``'s own
@@ -133,7 +163,7 @@ def _method_aliases(argv: list[str], method: str) -> list[str]:
 
 
 @dataclass
-class Eval:
+class Eval(Output):
     """Render every annotated view of a run and score it (SPEC §4-§5); PSNR for reconstruction runs.
 
     Only a finished run is scored: on a run whose fit was interrupted, eval writes nothing, names the stage
@@ -153,7 +183,7 @@ class Eval:
 
 
 @dataclass
-class Render:
+class Render(Output):
     """Render RGB, depth (and segmentation, relevancy) for views and along a camera path (images + MP4)."""
 
     run: Path
@@ -175,7 +205,7 @@ class Render:
 
 
 @dataclass
-class Query:
+class Query(Output):
     """Relevancy of free text on a semantic run (any words, not only its labels): maps and heat maps per view."""
 
     run: Path
@@ -198,7 +228,7 @@ class Query:
 
 
 @dataclass
-class Import:
+class Import(Output):
     """The user's own photos to a scene folder (SPEC §1): poses from COLMAP (pycolmap), undistorted to pinhole."""
 
     images: Path
@@ -227,7 +257,7 @@ class Import:
 
 
 @dataclass
-class Export(ExportConfig):
+class Export(ExportConfig, Output):
     """Every 3D point labelled (SPEC §6): the run baked to points.ply, labels.json and per-label meshes, in the
     frame of the scene's input poses (reconstruction-only runs: RGB points without labels)."""
 
@@ -259,7 +289,7 @@ class Export(ExportConfig):
 
 
 @dataclass
-class View:
+class View(Output):
     """A live viewer in the browser (viser): cameras, the exported points, live renders, a text box for queries."""
 
     run: Path
@@ -280,7 +310,7 @@ class View:
 
 
 @dataclass
-class Report:
+class Report(Output):
     """One self-contained HTML page of a run: scene, overlays, relevancy maps, metrics, curves, timings, commands."""
 
     run: Path
@@ -302,7 +332,7 @@ def _masks_or_none(spec: str, flag: str) -> None:
 
 
 @dataclass
-class Features:
+class Features(Output):
     """Extract and cache the foundation-model features of a scene (what fit reuses)."""
 
     scene: Path
@@ -343,7 +373,7 @@ class Features:
 
 
 @dataclass
-class Baseline:
+class Baseline(Output):
     """The 2D baseline: per annotated view, argmax of that view's own CLIP relevancy (no 3D)."""
 
     scene: Path
@@ -382,7 +412,7 @@ class Baseline:
 
 
 @dataclass
-class Demo:
+class Demo(Output):
     """make-scene + fit + eval + render on the embedded default scene; prints the metrics."""
 
     out: Path = Path("ovs3d-demo")
@@ -561,23 +591,96 @@ def _type_words(tp: Any) -> str:
     return words.get(tp, ("a value", "values"))[0]
 
 
-def entrypoint(argv: list[str] | None = None) -> int:
-    """Console script ``ovs3d``: user errors print one line and exit 1, without a traceback."""
-    logging.basicConfig(
-        level=os.environ.get("OVS3D_LOG", "WARNING").upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    args = sys.argv[1:] if argv is None else list(argv)
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers send at a time limit), raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt: whatever cleans up after Ctrl-C (temporary files, kept views) cleans up after it."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> typing.Iterator[None]:
+    """Within: SIGTERM raises :class:`Terminated` (once; a second SIGTERM does not cut the clean-up short)."""
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
     try:
-        cmd = parse_command(args)
-        t0 = time.perf_counter()
-        cmd.main()
-        _record_command(cmd, sys.argv[1:] if argv is None else list(argv), time.perf_counter() - t0)
+        before = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _is_output_flag(arg: str) -> bool:
+    return arg in ("-q", "--quiet", "--no-quiet", "--log-level") or arg.startswith("--log-level=")
+
+
+def hoist_output_flags(argv: list[str]) -> list[str]:
+    """``ovs3d --quiet fit ...`` as ``ovs3d fit ... --quiet``: :class:`Output`'s flags may come before the
+    command's name."""
+    i = 0
+    while i < len(argv) and _is_output_flag(argv[i]):
+        i += 2 if argv[i] == "--log-level" else 1
+    return [*argv[i:], *argv[:i]]
+
+
+def _setup_logging() -> None:
+    """Library messages on stderr (timestamped without a terminal, as the progress lines), at the default level."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not on_terminal():
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=default_log_level().upper(), format=fmt, datefmt=TIME_FORMAT)
+
+
+@contextlib.contextmanager
+def _output_settings(cmd: Any) -> typing.Iterator[None]:
+    """The command's ``--quiet`` and ``--log-level`` while it runs (restored after: the entry point may run
+    in-process, e.g. in tests)."""
+    root = logging.getLogger()
+    level, quiet = root.level, is_quiet()
+    root.setLevel(str(getattr(cmd, "log_level", None) or default_log_level()).upper())
+    set_quiet(quiet or bool(getattr(cmd, "quiet", False)))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        set_quiet(quiet)
+
+
+def _stopped_line(argv: list[str], terminated: bool) -> str:
+    """The one line after Ctrl-C or SIGTERM: what is kept and how to resume."""
+    import shlex
+
+    how = "stopped by SIGTERM" if terminated else "interrupted (Ctrl-C)"
+    return (
+        f"ovs3d: {how}; finished checkpoints and cached views are kept and temporary files removed: "
+        f"run the same command again to resume: {shlex.join(['ovs3d', *argv])}"
+    )
+
+
+def entrypoint(argv: list[str] | None = None) -> int:
+    """Console script ``ovs3d``: user errors print one line and exit 1, without a traceback; Ctrl-C exits 130
+    and SIGTERM 143, each with one line on how to resume."""
+    _setup_logging()
+    given = sys.argv[1:] if argv is None else list(argv)
+    try:
+        with sigterm_as_interrupt():
+            cmd = parse_command(hoist_output_flags(given))
+            with _output_settings(cmd):
+                t0 = time.perf_counter()
+                cmd.main()
+                _record_command(cmd, given, time.perf_counter() - t0)
     except OVS3DError as e:
         print(f"ovs3d: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("ovs3d: interrupted (checkpoints are intact; run the same command again to resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(_stopped_line(given, terminated), file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM if terminated else 128 + signal.SIGINT
     return 0
 
 

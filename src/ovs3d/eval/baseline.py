@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ovs3d.foundation.features import FeatureConfig, clip_features
+from ovs3d.utils.console import Work, progress
 from ovs3d.utils.device import resolve_device
 
 
@@ -80,7 +81,7 @@ def run_baseline(
     text = F.normalize(clip.encode_text(list(scene.classes)).float().cpu(), dim=-1)
     feats = clip_features(scene, clip, list(scene.annotated), cfg, cache_dir)
     preds, gts, rgbs = {}, {}, {}
-    for j, v in enumerate(feats.view_ids):
+    for j, v in enumerate(progress(feats.view_ids, desc="2D baseline", work=Work("views"))):
         if scales is not None and not all(0 <= i < feats[j].shape[0] for i in scales):
             raise OVS3DError(f"scales {list(scales)} out of range: the features have {feats[j].shape[0]} scales")
         preds[v] = baseline_labels(feats[j], text, normalize, scales)

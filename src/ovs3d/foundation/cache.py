@@ -30,8 +30,12 @@ Safety:
 
 - Writing is atomic: a new entry is written into a hidden temporary folder beside the final one and
   renamed into place after ``meta.json``; a crash (or an exception from ``compute``) leaves no entry.
-  The temporary folder a killed writer leaves behind is removed by the next open of that kind
-  (:func:`remove_leftovers`).
+- Writing resumes: the temporary folder records each finished view (``partial.json``, written after every
+  view). An interrupted writer (Ctrl-C, SIGTERM) renames it to ``.partial-<key>``; what a writer killed
+  outright leaves is renamed so by the next open of that kind (:func:`remove_leftovers`). The
+  next computation of the same entry takes the folder over and computes only the views it lacks (their
+  files checked against their sizes now, against their checksums on first access). Temporary folders
+  without a finished view, and ``.trash-`` folders, are removed.
 - A missing or unreadable ``meta.json`` means "not cached". On every open the files' existence and
   sizes are checked against ``meta.json`` (catches truncation); the sha256 of each file is verified on
   its first access through each opened entry (or all at once with ``verify=True``). A view that fails
@@ -46,7 +50,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
@@ -56,8 +59,8 @@ from typing import Any
 import numpy as np
 
 from ovs3d.errors import OVS3DError
-from ovs3d.utils.console import progress
-from ovs3d.utils.files import atomic_write_json
+from ovs3d.utils.console import Work, note, progress
+from ovs3d.utils.files import HOST, atomic_write_json, owner_tag, pid_alive, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +70,9 @@ QUANTISED = "int8"
 _KEY_DIGITS = 16
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
-_HOST = socket.gethostname() or "localhost"
-_TMP_NAME = re.compile(r"^\.tmp-[0-9a-f]+-(?P<pid>\d+)(?:@(?P<host>.+))?-[0-9a-f]{8}$")
+_PARTIAL_PREFIX = ".partial-"
+_PARTIAL_FILE = "partial.json"
+_TMP_NAME = re.compile(r"^\.tmp-(?P<key>[0-9a-f]+)-(?P<pid>\d+)(?:@(?P<host>.+))?-[0-9a-f]{8}$")
 _QUANT_CHUNK = 1 << 16  # vectors quantised per chunk (bounds temporary memory)
 
 
@@ -341,11 +345,12 @@ class CachedFeatures:
         if self._compute is None:
             raise CacheCorruptError(f"feature cache {self.path}: {problem}; delete the folder and re-run")
         logger.warning("feature cache %s: %s; recomputing view %d", self.path, problem, i)
+        remove_stale_temps(self.path)  # what a repair killed outright left
         arrays = _encode(self._compute(i), self.dtype)
         files = {}
         for part, arr in arrays.items():
             final = self.path / f"view_{i:05d}{_file_suffix(part)}"
-            tmp = self.path / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+            tmp = self.path / f".{final.name}.tmp-{owner_tag()}-{uuid.uuid4().hex[:8]}"
             try:
                 rec = _save_npy(tmp, arr)
                 os.replace(tmp, final)
@@ -395,6 +400,7 @@ class FeatureCache:
         dtype: str = "float16",
         desc: str | None = None,
         verify: bool = False,
+        work: Work | None = None,
     ) -> CachedFeatures:
         """Open the entry for these inputs, computing (and storing) whatever is missing or corrupt.
 
@@ -405,8 +411,10 @@ class FeatureCache:
             views: per view ``(image stem, image file)``; the file's size and mtime enter the key.
             compute: ``compute(i)`` returns the array of ``views[i]`` (any float/int numpy array).
             dtype: storage dtype (``"float16"``, ``"int8"`` = normalised+quantised, or a numpy name).
-            desc: progress-bar label (defaults to ``kind``).
+            desc: progress label (defaults to ``kind``).
             verify: checksum every file now instead of lazily on first access.
+            work: how the computation is counted and what it costs (:class:`~ovs3d.utils.console.Work`;
+                ``weights`` are per view); default: views.
 
         Returns:
             The entry, lazily memory-mapped; ``len`` = ``len(views)``.
@@ -421,59 +429,81 @@ class FeatureCache:
         if meta is not None and (meta.get("key") != key or [v["stem"] for v in meta.get("views", [])] != stems):
             logger.warning("feature cache %s: meta.json does not describe this entry; recomputing", final)
             meta = None
-        fresh = meta is None
+        checked: set[int] = set()
         if meta is None:
-            meta, written = self._write_entry(kind, key, identity, settings, stems, compute, dtype, desc or kind)
-            fresh = written
+            head = {"kind": kind, "key": key, "identity": identity, "settings": settings, "dtype": dtype}
+            meta, checked = self._write_entry(head, stems, compute, desc or kind, work or Work("views"))
+        else:
+            note(f"{desc or kind}: {len(stems)} views from the cache ({final})")
         entry = CachedFeatures(final, meta, compute)
-        if fresh:
-            entry._checked.update(range(len(entry)))  # hashed while writing
-        entry.verify(hash_files=verify and not fresh, repair=True)
+        entry._checked.update(checked)  # hashed while writing
+        entry.verify(hash_files=verify and len(checked) < len(entry), repair=True)
         return entry
 
     def _write_entry(
-        self,
-        kind: str,
-        key: str,
-        identity: str,
-        settings: dict,
-        stems: list[str],
-        compute: Callable[[int], np.ndarray],
-        dtype: str,
-        desc: str,
-    ) -> tuple[dict, bool]:
-        """Compute and publish an entry; return its meta and whether the published files are ours."""
+        self, head: dict, stems: list[str], compute: Callable[[int], np.ndarray], desc: str, work: Work
+    ) -> tuple[dict, set[int]]:
+        """Compute and publish an entry, taking over the views an interrupted writer finished.
+
+        Args:
+            head: ``kind``, ``key``, ``identity``, ``settings`` and ``dtype`` of the entry.
+            stems: image stem of each view.
+            compute: ``compute(i)`` returns view ``i``'s array.
+            desc: progress label.
+            work: how the computation is counted (per-view ``weights``).
+
+        Returns:
+            The published meta, and the views whose published files this call hashed while writing them.
+        """
+        kind, key, dtype = head["kind"], head["key"], head["dtype"]
         final = self.entry_path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f"{_TMP_PREFIX}{key}-{os.getpid()}@{_HOST}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tmp = final.parent / f"{_TMP_PREFIX}{key}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
+        records: list[dict | None] = _take_partial(final.parent / f"{_PARTIAL_PREFIX}{key}", tmp, stems, dtype)
+        if records is None:
+            tmp.mkdir()
+            records = [None] * len(stems)
+        todo = [i for i, r in enumerate(records) if r is None]
+        weights = list(work.weights) if work.weights is not None else [1] * len(stems)
+        done_before = sum(w for i, w in enumerate(weights) if records[i] is not None)
+        if done_before:
+            note(f"{desc}: {len(stems) - len(todo)} of {len(stems)} views from an interrupted run are reused")
+        item_work = Work(work.unit, [weights[i] for i in todo], work.size, work.device, work.hint)
+        ours: set[int] = set()
         try:
-            records = []
-            for i in progress(range(len(stems)), desc=desc):
+            for i in progress(todo, desc=desc, total=sum(weights), initial=done_before, work=item_work):
                 arrays = _encode(compute(i), dtype)
                 files = {part: _save_npy(tmp / f"view_{i:05d}{_file_suffix(part)}", a) for part, a in arrays.items()}
-                records.append({"stem": stems[i], "shape": _logical_shape(arrays), "files": files})
+                records[i] = {"stem": stems[i], "shape": _logical_shape(arrays), "files": files}
+                ours.add(i)
+                _save_partial(tmp, stems, records, dtype)
             meta = {
                 "format": FORMAT_VERSION,
                 "kind": kind,
                 "key": key,
-                "identity": identity,
-                "settings": json.loads(_canonical_json(settings)),
+                "identity": head["identity"],
+                "settings": json.loads(_canonical_json(head["settings"])),
                 "dtype": dtype,
-                "shape": _common_shape(records),
+                "shape": _common_shape(records),  # type: ignore[arg-type]
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "views": records,
             }
             atomic_write_json(tmp / "meta.json", meta)
             _fsync_dir(tmp)
             self._publish(tmp, final)
+            (final / _PARTIAL_FILE).unlink(missing_ok=True)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI raises it (an error starts afresh)
+            kept = _keep_partial(tmp, final.parent / f"{_PARTIAL_PREFIX}{key}")
+            if kept:
+                note(f"{desc}: the {kept} finished view(s) are kept for the next run")
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         published = _read_meta(final)
         if published is None:
             raise OVS3DError(f"feature cache {final} could not be written; check the folder is writable")
-        return published, published["views"] == meta["views"]
+        return published, ours if published["views"] == meta["views"] else set()
 
     @staticmethod
     def _publish(tmp: Path, final: Path) -> None:
@@ -523,7 +553,7 @@ class FeatureCache:
             for e in k.iterdir():
                 if not e.is_dir():
                     continue
-                leftover = e.name.startswith((_TMP_PREFIX, _TRASH_PREFIX))
+                leftover = e.name.startswith((_TMP_PREFIX, _TRASH_PREFIX, _PARTIAL_PREFIX))
                 if leftover and now - e.stat().st_mtime < stale_s:
                     continue
                 if leftover or (not e.name.startswith(".") and e.name not in keep):
@@ -532,16 +562,77 @@ class FeatureCache:
         return freed
 
 
+def _save_partial(tmp: Path, stems: list[str], records: list[dict | None], dtype: str) -> None:
+    """Record the finished views of an entry being written (``partial.json``, atomic)."""
+    done = {str(i): r for i, r in enumerate(records) if r is not None}
+    atomic_write_json(tmp / _PARTIAL_FILE, {"format": FORMAT_VERSION, "stems": stems, "dtype": dtype, "views": done})
+
+
+def _keep_partial(tmp: Path, partial: Path) -> int:
+    """After an interrupted write: keep ``tmp`` as ``partial`` when it has finished views; how many it has."""
+    n = len(_read_partial(tmp).get("views", {}))
+    if not n:
+        return 0
+    if partial.exists():
+        shutil.rmtree(partial, ignore_errors=True)
+    try:
+        os.rename(tmp, partial)
+    except OSError:
+        return 0
+    return n
+
+
+def _read_partial(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / _PARTIAL_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("format") == FORMAT_VERSION else {}
+
+
+def _take_partial(partial: Path, tmp: Path, stems: list[str], dtype: str) -> list[dict | None] | None:
+    """Take an interrupted write of the same entry over (renamed to ``tmp``); its records per view (None for
+    the views still to compute, and for any whose files are missing or of another size), or None without one."""
+    if not partial.is_dir():
+        return None
+    try:
+        os.rename(partial, tmp)  # atomic: one writer takes it
+    except OSError:
+        return None
+    data = _read_partial(tmp)
+    records: list[dict | None] = [None] * len(stems)
+    if data.get("stems") != stems or data.get("dtype") != dtype:
+        data = {}
+    for k, rec in dict(data.get("views", {})).items():
+        i = int(k) if str(k).isdigit() else -1
+        if 0 <= i < len(stems) and _files_ok(tmp, rec):
+            records[i] = rec
+    return records
+
+
+def _files_ok(folder: Path, rec: Any) -> bool:
+    """Whether a view record's files are in ``folder`` with their recorded sizes."""
+    try:
+        files = list(rec["files"].values())
+        return bool(files) and all((folder / f["file"]).stat().st_size == f["size"] for f in files)
+    except (OSError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def remove_leftovers(folder: Path, stale_s: float = 3600.0) -> int:
-    """Delete what crashed writes left in one kind's folder: a temporary entry whose writer process is gone
-    (it names the process and the machine; another machine's, or an unnamed one, once it is ``stale_s`` old),
-    and every ``.trash-`` folder. Returns how many were removed.
+    """Tidy what interrupted writes left in one kind's folder: a temporary entry whose writer is gone (it names
+    the process and the machine; another machine's, or an unnamed one, once it is ``stale_s`` old) becomes
+    the ``.partial-<key>`` folder of its finished views (removed when it has none), and every ``.trash-``
+    folder is removed. Returns how many temporary folders were tidied.
     """
     if not folder.is_dir():
         return 0
     removed = 0
     for e in folder.iterdir():
         if e.name.startswith(_TRASH_PREFIX) or (e.name.startswith(_TMP_PREFIX) and _abandoned(e, stale_s)):
+            m = _TMP_NAME.match(e.name)
+            if m is not None and _keep_partial(e, folder / f"{_PARTIAL_PREFIX}{m.group('key')}"):
+                logger.info("feature cache %s: kept the finished views of a killed write (%s)", folder, e.name)
             shutil.rmtree(e, ignore_errors=True)
             removed += not e.exists()
     if removed:
@@ -552,24 +643,12 @@ def remove_leftovers(folder: Path, stale_s: float = 3600.0) -> int:
 def _abandoned(tmp: Path, stale_s: float) -> bool:
     """Whether a temporary entry folder belongs to no running writer."""
     m = _TMP_NAME.match(tmp.name)
-    if m and m.group("host") == _HOST:
-        return not _pid_alive(int(m.group("pid")))
+    if m and m.group("host") == HOST:
+        return not pid_alive(int(m.group("pid")))
     try:
         return time.time() - tmp.stat().st_mtime > stale_s
     except OSError:
         return False
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
 
 
 def _read_meta(path: Path) -> dict | None:

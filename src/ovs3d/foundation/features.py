@@ -18,16 +18,18 @@ reused as long as the model identity, the settings and the image files are uncha
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ovs3d.foundation.base import ClipBackend, DinoBackend, MaskBackend, ViewImage
 from ovs3d.foundation.cache import CachedFeatures, FeatureCache
-from ovs3d.foundation.pixel_clip import PixelClipConfig, pixel_clip_features
+from ovs3d.foundation.pixel_clip import PixelClipConfig, crops_per_view, pixel_clip_features
 from ovs3d.io.scene import Scene
 from ovs3d.utils.config import ConfigError, check_on_init, rule
+from ovs3d.utils.console import Work, cost_hint
 
 CACHE_DIRNAME = ".ovs3d_cache"
 
@@ -98,6 +100,34 @@ def view_files(scene: Scene, views: list[int]) -> list[tuple[str, Path]]:
     return [(scene.stems[i], scene.image_paths[i]) for i in views]
 
 
+def backend_device(backend: Any) -> str:
+    """Where a foundation model runs (``cpu``, ``cuda:0``); the simulated ones run on the CPU."""
+    return str(getattr(backend, "device", "cpu"))
+
+
+def clip_work(cfg: FeatureConfig, width: int, height: int, n_views: int, device: str) -> Work:
+    """How pixel CLIP features are counted (crops) and what makes them cheaper, for their progress and estimate.
+
+    The crops per view depend on the windows of Alg. 1, not on the resolution; the hint names the settings
+    that cut them, with their share of today's crops.
+    """
+    pc = cfg.pixel_clip
+    crops = crops_per_view(height, width, pc)
+    options = []
+    if cfg.views_fraction > 0.5 and n_views > 1:
+        options.append("--features.views-fraction 0.5 (half the views)")
+    if pc.stride_divisor > 2:
+        alt = crops_per_view(height, width, replace(pc, stride_divisor=2))
+        options.append(f"--features.pixel-clip.stride-divisor 2 ({alt / crops:.0%} of the crops)")
+    if len(pc.patch_divisors) > 1:
+        coarse = tuple(sorted(pc.patch_divisors)[:-1])
+        alt = crops_per_view(height, width, replace(pc, patch_divisors=coarse))
+        flag = " ".join(map(str, coarse))
+        options.append(f"--features.pixel-clip.patch-divisors {flag} (no finest scale: {alt / crops:.0%} of the crops)")
+    size = f"{n_views} views × {crops:,} crops"
+    return Work("crops", [crops] * n_views, size, device, cost_hint(device, *options))
+
+
 def clip_features(
     scene: Scene,
     clip: ClipBackend,
@@ -144,6 +174,7 @@ def clip_features(
         dtype=cfg.dtype,
         desc="pixel CLIP features",
         verify=verify,
+        work=clip_work(cfg, w, h, len(chosen), backend_device(clip)),
     )
     out.view_ids = chosen
     return out
@@ -174,8 +205,11 @@ def dino_features(
         view = ViewImage(stem=scene.stems[i], rgb=scene.load_image(i, ds))
         return dino.dense_features(view).cpu().numpy()
 
+    device = backend_device(dino)
+    hint = cost_hint(device, f"--features.dino-downscale {2 * ds:g} (a quarter of the pixels)")
+    work = Work("views", None, f"{len(views)} views at {w}×{h}", device, hint)
     out = FeatureCache(cache_root or default_cache_root(scene)).get_or_compute(
-        "dino", dino.identity, settings, view_files(scene, views), compute, cfg.dtype, "DINO features", verify
+        "dino", dino.identity, settings, view_files(scene, views), compute, cfg.dtype, "DINO features", verify, work
     )
     out.view_ids = views
     return out
@@ -265,6 +299,9 @@ def mask_proposals(
             raise ValueError(f"mask backend returned {m.shape}, expected [M, {h}, {w}]")
         return pack_masks(m)
 
+    device = backend_device(masks)
+    smaller = str(masks.identity).startswith("sam:") and not str(masks.identity).startswith("sam:vit_b:")
+    hint = cost_hint(device, "--masks sam:vit_b:<checkpoint> (the smallest SAM)" if smaller else "")
     cached = FeatureCache(cache_root or default_cache_root(scene)).get_or_compute(
         "masks",
         masks.identity,
@@ -274,6 +311,7 @@ def mask_proposals(
         "uint8",
         "mask proposals",
         verify,
+        Work("views", None, f"{len(views)} views at {w}×{h}", device, hint),
     )
     cached.view_ids = views
     return MaskProposals(cached, h, w, views)

@@ -41,6 +41,7 @@ import torch
 
 from ovs3d.foundation.base import ClipBackend, ViewImage
 from ovs3d.utils.config import check_on_init, rule
+from ovs3d.utils.console import advance
 
 
 @dataclass
@@ -93,6 +94,18 @@ def window_starts(length: int, patch: int, stride: int) -> np.ndarray:
     rest = length - patch
     n = rest // stride + 1 + int(rest % stride > 0)
     return np.arange(n, dtype=np.int64) * stride
+
+
+def crops_per_view(height: int, width: int, cfg: PixelClipConfig) -> int:
+    """How many crops Alg. 1 encodes for one ``width`` x ``height`` view (all scales; the jitter changes no count).
+
+    Window sides follow the image's short side, so the count depends on the aspect ratio and ``cfg``, not on
+    the resolution: about ``16 d^2 W / H`` per divisor ``d`` with the default stride (3,133 for 4:3 images).
+    """
+    return sum(
+        len(window_starts(height, patch, stride)) * len(window_starts(width, patch, stride))
+        for patch, stride in patch_sizes(height, width, cfg)
+    )
 
 
 def window_boxes(
@@ -198,7 +211,10 @@ def encode_box_stream(
     """
     counts = [len(b) for b in boxes]
     stream = np.concatenate([np.asarray(b, dtype=np.int64).reshape(-1, 4) for b in boxes], axis=0)
-    chunks = [clip.encode_crops(view, stream[i : i + batch_size]).float() for i in range(0, len(stream), batch_size)]
+    chunks = []
+    for i in range(0, len(stream), batch_size):
+        chunks.append(clip.encode_crops(view, stream[i : i + batch_size]).float())
+        advance(len(chunks[-1]))  # the crops of a view being cached count in its progress
     if not chunks:
         return [torch.zeros(0, clip.dim) for _ in boxes]
     embeds = torch.cat(chunks, dim=0)  # [sum N_s, D]

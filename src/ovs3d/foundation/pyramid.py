@@ -63,7 +63,7 @@ from ovs3d.foundation.features import (
 )
 from ovs3d.foundation.pixel_clip import encode_box_stream, tile_grid
 from ovs3d.io.scene import Scene
-from ovs3d.utils.console import progress
+from ovs3d.utils.console import Work, cost_hint, progress
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +258,19 @@ def unflatten_pyramid(flat: np.ndarray | torch.Tensor, levels: Sequence[PyramidL
     return [p.view(*lv.grid_shape, t.shape[1]) for p, lv in zip(torch.split(t, counts, dim=0), levels)]
 
 
+def pyramid_work(levels: Sequence[PyramidLevel], height: int, width: int, n_views: int, device: str) -> Work:
+    """How the pyramid is counted (tiles) and what makes it cheaper: without its smallest level (most tiles)."""
+    tiles = sum(lv.rows * lv.cols for lv in levels)
+    options = []
+    if len(levels) > 2:
+        rest = [lv.ratio for lv in levels[1:]]
+        fewer = sum(lv.rows * lv.cols for lv in pyramid_levels(height, width, rest))
+        ratios = " ".join(f"{r:g}" for r in rest)
+        options.append(f"--lerf.tile-ratios {ratios} (no smallest level: {fewer / tiles:.0%} of the tiles)")
+    size = f"{n_views} views × {tiles:,} tiles"
+    return Work("tiles", [tiles] * n_views, size, device, cost_hint(device, *options))
+
+
 def pyramid_features(
     scene: Scene,
     clip: ClipBackend,
@@ -310,6 +323,7 @@ def pyramid_features(
         dtype="float16",
         desc="CLIP pyramid",
         verify=verify,
+        work=pyramid_work(levels, h, w, len(views), str(getattr(clip, "device", "cpu"))),
     )
     out.view_ids = views
     return out
@@ -499,6 +513,7 @@ def segment_tiles(
         dtype="float16",
         desc="segment tiles",
         verify=verify,
+        work=Work("views", device=str(getattr(clip, "device", "cpu"))),
     )
     embeds.view_ids = views
     return SegmentTiles(embeds, masks, views)
@@ -924,7 +939,7 @@ def load_pyramid(
     grids = [torch.empty(len(views), *lv.grid_shape, dim, dtype=torch.float16) for lv in levels]
     partitions = np.full((len(views), h, w), -1, dtype=np.int32) if cfg.prior == "full_segmentation" else None
     seg_embeds: list[np.ndarray] = []
-    for j in progress(range(len(views)), desc="CLIP pyramid (assemble)"):
+    for j in progress(range(len(views)), desc="CLIP pyramid (assemble)", work=Work("views")):
         per_level = unflatten_pyramid(np.asarray(feats[j]), levels)
         if tiles is not None:
             part = tiles.partition(j)

@@ -74,7 +74,8 @@ from PIL import Image, ImageOps
 
 from ovs3d.errors import OVS3DError
 from ovs3d.io.loader import write_poses_bounds, write_transforms_json
-from ovs3d.utils.console import progress
+from ovs3d.utils.console import Work, note, progress
+from ovs3d.utils.console import stage as console_stage
 
 logger = logging.getLogger(__name__)
 
@@ -466,11 +467,10 @@ class _Importer:
 
     @contextlib.contextmanager
     def _stage(self, name: str, what: str) -> Iterator[None]:
-        logger.info("%s ...", what)
         t0 = time.perf_counter()
-        yield
+        with console_stage(what):
+            yield
         self.timings[name] = time.perf_counter() - t0
-        logger.info("%s: done in %.1fs", what, self.timings[name])
 
     def _call(self, op: str, stage: str, on_progress: Callable[[dict], None] | None = None, **kwargs: Any) -> Any:
         if self.worker is None:
@@ -497,7 +497,7 @@ class _Importer:
         staged: list[_Staged] = []
         digests: dict[str, str] = {}
         with self._stage("read", f"reading {len(photos)} photos"):
-            for name, path in progress(list(names.items()), "reading photos"):
+            for name, path in progress(list(names.items()), "reading photos", work=Work("photos")):
                 item, digest = _stage_photo(path, self.input_dir / name)
                 if digest in digests:
                     raise OVS3DError(
@@ -526,7 +526,7 @@ class _Importer:
             chunks = [names[i : i + step] for i in range(0, len(names), step)]
             peak: float | None = None
             while True:
-                for chunk in progress(chunks, "extracting features"):
+                for chunk in progress(chunks, "extracting features", work=Work("photos", [len(c) for c in chunks])):
                     self._call(
                         "extract",
                         "feature extraction",
@@ -577,7 +577,7 @@ class _Importer:
         def on_progress(msg: dict) -> None:
             k = int(msg.get("registered", 0))
             if k >= next_log[0] * n:
-                logger.info("mapping: %d/%d photos registered so far", min(k, n), n)
+                note(f"mapping: {min(k, n)}/{n} photos registered so far")
                 next_log[0] += 0.25
 
         with self._stage("map", f"incremental mapping of {n} photos"):
@@ -669,7 +669,7 @@ class _Importer:
             img_dir = dest / "images"
             img_dir.mkdir()
             copied = 0
-            for im in progress(views, "writing images"):
+            for im in progress(views, "writing images", work=Work("images")):
                 copied += _write_view(und / "images" / im.name, img_dir / im.name, frame.boxes[im.camera_id], frame)
 
             c2w = np.stack([_c2w(im) for im in views])

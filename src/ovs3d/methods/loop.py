@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from ovs3d.utils.console import progress
+from ovs3d.utils.console import Work, cost_hint, note, progress
 from ovs3d.utils.files import atomic_write_text, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ class LoopSettings:
         checkpoint_every: steps between checkpoints (and at the end).
         log_every: steps between log records (and at the end).
         desc: progress label.
+        hint: what would make the stage cheaper, shown with its estimate (default: by the stage's kind,
+            :data:`COST_SETTINGS`).
     """
 
     checkpoint: Path
@@ -110,6 +112,23 @@ class LoopSettings:
     checkpoint_every: int
     log_every: int
     desc: str
+    hint: str | None = None
+
+
+COST_SETTINGS: dict[str, tuple[str, ...]] = {
+    "reconstruction": ("fewer --recon.n-iters", "a smaller --recon.batch-size", "fewer --recon.final-voxels"),
+    "semantic": ("fewer --semantic.n-iters", "a smaller --semantic.batch-size"),
+}
+"""Per stage kind, the settings that trade the training's cost for its quality (named in its estimate)."""
+
+
+def stage_work(stage: Stage, settings: LoopSettings) -> Work:
+    """How a stage's loop is counted (iterations of its batch of rays) and what would make it cheaper."""
+    device = getattr(stage, "device", None)
+    batch = getattr(getattr(stage, "cfg", None), "batch_size", None)
+    size = f"{stage.n_iters:,} iterations" + (f" × {batch:,} rays" if isinstance(batch, int) else "")
+    hint = settings.hint if settings.hint is not None else cost_hint(device, *COST_SETTINGS.get(stage.kind, ()))
+    return Work("iterations", None, size, None if device is None else str(device), hint)
 
 
 def _optimizer(groups: list[dict[str, Any]], stage: Any = None) -> torch.optim.Optimizer:
@@ -164,16 +183,40 @@ def run_stage(stage: Stage, settings: LoopSettings, callbacks: Sequence[Callback
         gen.set_state(state["rng"])
         stage.stats = {**stage.stats, **dict(state.get("stats", {}))}
         if step >= stage.n_iters:
-            logger.info("%s already trained (%d iterations)", stage.kind, step)
+            note(f"{settings.desc}: already trained ({step:,} iterations, {ckpt})")
             return step
         phase = stage.phase(max(step - 1, 0))  # the optimiser that made the checkpoint's last step
         opt = _optimizer(stage.enter_phase(phase), stage)
         opt.load_state_dict(state["optimizer"])
-        logger.info("resuming %s at iteration %d", stage.kind, step)
+        note(f"{settings.desc}: resuming at iteration {step:,} of {stage.n_iters:,} from {ckpt}")
+    saved = [step]  # the step of the last checkpoint, as training goes on
+    try:
+        _train(stage, settings, callbacks, gen, (step, opt, phase), saved)
+    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM as the CLI raises it
+        at = f"the checkpoint of iteration {saved[0]:,}" if ckpt.exists() else "the start (no checkpoint yet)"
+        note(f"{settings.desc}: interrupted; the next run resumes from {at}")
+        raise
+    return stage.n_iters
+
+
+def _train(
+    stage: Stage,
+    settings: LoopSettings,
+    callbacks: Sequence[Callback],
+    gen: torch.Generator,
+    start: tuple[int, torch.optim.Optimizer | None, int | None],
+    saved: list[int],
+) -> None:
+    """The iterations of :func:`run_stage` from ``start`` (step, optimiser, phase); ``saved[0]`` follows the
+    step of the last checkpoint written."""
+    step, opt, phase = start
+    ckpt, log_path = Path(settings.checkpoint), Path(settings.log)
     t0, seconds_before = time.perf_counter(), float(stage.stats["train_seconds"])
     trim_log(log_path, step)
+    work = stage_work(stage, settings)
+    iters = range(step, stage.n_iters)
     with open(log_path, "a") as log:
-        for it in progress(range(step, stage.n_iters), desc=settings.desc, total=stage.n_iters - step):
+        for it in progress(iters, desc=settings.desc, total=stage.n_iters, initial=step, work=work):
             stage.before_step(it, gen)
             if opt is None or stage.phase(it) != phase:
                 phase = stage.phase(it)
@@ -201,4 +244,4 @@ def run_stage(stage: Stage, settings: LoopSettings, callbacks: Sequence[Callback
                 state = {**stage.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state()}
                 state["stats"] = stage.stats
                 save_checkpoint(ckpt, config=settings.config, step=done, state=state, kind=stage.kind)
-    return stage.n_iters
+                saved[0] = done

@@ -3,13 +3,20 @@
 Everything a run keeps (checkpoints, caches, metrics, images) goes through these helpers: data is written
 to a temporary file in the destination folder, flushed, and renamed over the target, so a crash leaves
 either the old file or the new one, never half of one.
+
+A temporary file is named after its target and its writer (``.<name>.tmp-<pid>@<host>-<random><suffix>``):
+an interrupted writer (Ctrl-C, SIGTERM) removes its own; what a hard kill (SIGKILL, a crash) leaves is
+found by :func:`remove_stale_temps` once that process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +28,63 @@ import torch
 from ovs3d.errors import OVS3DError
 
 CHECKPOINT_VERSION = 1
+HOST = socket.gethostname() or "localhost"
+"""This machine's name, in the names of temporary files and folders (with the writer's process id)."""
+_OWNED = re.compile(r"\.tmp-(?P<pid>\d+)@")
+
+logger = logging.getLogger(__name__)
+
+
+def owner_tag() -> str:
+    """``<pid>@<host>``: who writes a temporary file or folder (in its name)."""
+    return f"{os.getpid()}@{HOST}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is running (ours always is; unknown counts as running)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def abandoned_by(name: str) -> bool:
+    """Whether a temporary name (``...tmp-<pid>@<host>-...``) names a process of this machine that is gone."""
+    m = _OWNED.search(name)
+    if m is None or f".tmp-{m.group('pid')}@{HOST}-" not in name:
+        return False  # not ours to judge: another machine's, or not a temporary name
+    return not pid_alive(int(m.group("pid")))
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Delete the temporary files that writers killed outright (SIGKILL, a crash) left in ``folder``.
+
+    Only hidden files named by :func:`atomic_path` whose writer process of this machine is gone are removed.
+
+    Args:
+        folder: where to look.
+        recursive: also in every folder below.
+
+    Returns:
+        How many files were removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for p in folder.rglob(".*.tmp-*") if recursive else folder.glob(".*.tmp-*"):
+        if p.is_file() and abandoned_by(p.name):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed += 1
+    if removed:
+        logger.info("%s: removed %d temporary file(s) of an interrupted run", folder, removed)
+    return removed
 
 
 @contextlib.contextmanager
@@ -34,7 +98,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    prefix = f".{path.name}.tmp-{owner_tag()}-"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix or path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
