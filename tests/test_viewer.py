@@ -9,7 +9,6 @@ import shutil
 import socket
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 from ovs3d.errors import OVS3DError
+from ovs3d.export import PointCloud
 from ovs3d.viewer import (
     FrameOptions,
     FrameScheduler,
@@ -93,21 +93,7 @@ def rgb_state(tiny_runs):
     return load_state(tiny_runs["rgb"])
 
 
-@dataclass
-class StandInPoints:
-    """The fields of ``ovs3d.export.PointCloud`` the viewer reads."""
-
-    xyz: np.ndarray
-    rgb: np.ndarray
-    label: np.ndarray
-    score: np.ndarray
-    radius: np.ndarray
-    classes: list[str]
-    colors: np.ndarray
-    properties: dict = field(default_factory=dict)
-
-
-def stand_in_points(state, n: int = 500) -> StandInPoints:
+def stand_in_points(state, n: int = 500) -> PointCloud:
     """Points in front of the training cameras, in the input frame, with random labels."""
     from ovs3d.eval.visualize import label_palette
     from ovs3d.render.scene_rays import c2w_to_input, input_scale
@@ -119,7 +105,7 @@ def stand_in_points(state, n: int = 500) -> StandInPoints:
     depth = float(np.mean(scene.near_far)) * input_scale(scene)
     xyz = cams[view, :, 3] + cams[view, :, 2] * depth + rng.normal(scale=0.1 * depth, size=(n, 3))
     c = len(scene.classes)
-    return StandInPoints(
+    return PointCloud(
         xyz=xyz.astype(np.float32),
         rgb=rng.integers(0, 256, (n, 3)).astype(np.uint8),
         label=rng.integers(-1, c, n).astype(np.int16),

@@ -419,16 +419,14 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
     if rel_all is not None:
         props = {f"rel_{s}": rel_all[:, q] for q, s in enumerate(slugs)}
     # Voxel edge: the median pixel footprint measured in the field's frame (NDC x spans the reference image).
-    foot = _field_footprint(scene, downscale, cat["xyz"], cat["radius"])
+    foot = _field_footprint(scene, downscale, cat["radius"])
     voxel = cfg.voxel * foot
     classes = list(scene.classes) if opened.semantic else []
     fused = fuse_points(cat["xyz"], cat["rgb"], cat["label"], cat["score"], cat["radius"], voxel, len(classes), props)
     scale = input_scale(scene)
-    # The radius was fused in world units; the voxel floor is in field units: convert it for NDC scenes.
-    radius_world = np.bincount(fused["inverse"], weights=cat["radius"], minlength=len(fused["score"]))
-    radius_world /= np.bincount(fused["inverse"], minlength=len(fused["score"]))
+    # The fused radius is a mean of world units; the voxel floor is in field units: converted to the world.
     floor = _voxel_world_radius(scene, fused["field_xyz"], voxel)
-    radius = np.maximum(radius_world, floor) * scale
+    radius = np.maximum(fused["radius"].astype(np.float64), floor) * scale
     pts = PointCloud(
         xyz=field_to_input(scene, torch.from_numpy(fused["field_xyz"])).astype(np.float32),
         rgb=np.clip(np.round(fused["rgb"] * 255), 0, 255).astype(np.uint8),
@@ -457,7 +455,7 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
     return pts, info
 
 
-def _field_footprint(scene, downscale: float, field_xyz: np.ndarray, radius_world: np.ndarray) -> float:
+def _field_footprint(scene, downscale: float, radius_world: np.ndarray) -> float:
     """Median pixel footprint in the field's frame: one pixel of NDC x for forward-facing scenes (depth-free),
     else the median world footprint."""
     if scene.kind == "forward":
