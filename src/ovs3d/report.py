@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ovs3d.run import COMMANDS_LOG
 from ovs3d.utils.files import atomic_write_text
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-COMMANDS_LOG = "commands.jsonl"
-"""File name, under ``RUN/logs``, of the commands that made the run (one JSON object per line)."""
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 _SEGMENTATION_KEYS = ("miou", "accuracy", "macc")

@@ -37,7 +37,7 @@ from ovs3d.methods.registry import DEFAULT_METHOD, RECONSTRUCTION_ONLY, check_me
 from ovs3d.utils.config import check_config, config_from_dict, field_name, rule
 from ovs3d.utils.console import Work, note, progress
 from ovs3d.utils.device import resolve_device
-from ovs3d.utils.files import atomic_write_json, remove_stale_temps
+from ovs3d.utils.files import atomic_write_json, remove_stale_temps, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -219,21 +219,22 @@ def fit(cfg: FitConfig) -> Path:
         # reconstruction: a bad flag leaves no half-made run behind.
         backends = _backends(cfg, scene, device, used)
     run.mkdir(parents=True, exist_ok=True)
-    if removed := remove_stale_temps(run, recursive=True):
-        note(f"removed {removed} temporary file(s) an earlier run killed outright left in {run}")
-    atomic_write_json(
-        run / "config.json",
-        {"version": RUN_VERSION, "fit": new, "scene_kind": scene.kind, "classes": scene.classes},
-    )
-    note(f"fit {cfg.method}: {len(views)} training views of {scene.root} ({scene.kind}) on {device} into {run}")
-    ckpt = run / "checkpoints" / CHECKPOINT_NAME
-    if cfg.recon_from is not None and not ckpt.exists():
-        _copy_reconstruction(Path(cfg.recon_from), cfg, ckpt)
-    train_reconstruction(scene, run, cfg.recon, views, device=device)
-    if method_cls is not None:
-        from ovs3d.methods.base import fit_method
+    with run_lock(run):
+        if removed := remove_stale_temps(run, recursive=True):
+            note(f"removed {removed} temporary file(s) an earlier run killed outright left in {run}")
+        atomic_write_json(
+            run / "config.json",
+            {"version": RUN_VERSION, "fit": new, "scene_kind": scene.kind, "classes": scene.classes},
+        )
+        note(f"fit {cfg.method}: {len(views)} training views of {scene.root} ({scene.kind}) on {device} into {run}")
+        ckpt = run / "checkpoints" / CHECKPOINT_NAME
+        if cfg.recon_from is not None and not ckpt.exists():
+            _copy_reconstruction(Path(cfg.recon_from), cfg, ckpt)
+        train_reconstruction(scene, run, cfg.recon, views, device=device)
+        if method_cls is not None:
+            from ovs3d.methods.base import fit_method
 
-        fit_method(method_cls, scene, run, cfg, device, backends)
+            fit_method(method_cls, scene, run, cfg, device, backends)
     return run
 
 
@@ -274,6 +275,36 @@ def _copy_reconstruction(source_run: Path, cfg: FitConfig, dest: Path) -> None:
         raise OVS3DError(f"--recon-from {source_run} has not finished its reconstruction; fit it first")
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
+
+
+COMMANDS_LOG = "commands.jsonl"
+"""A run's ``logs/`` file of the commands that made and used it (what ``ovs3d report`` shows)."""
+
+
+def record_command(run: Path, argv: list[str], seconds: float, via: str | None = None) -> None:
+    """Append a finished ``ovs3d`` command to ``RUN/logs/commands.jsonl``: its time, working folder, argv,
+    shell-quoted command line, duration, and what ran it (``via``, e.g. ``ovs3d batch``). Nothing is written
+    for a folder that is not a run."""
+    import datetime
+    import os
+    import shlex
+
+    from ovs3d.utils.files import atomic_write_text
+
+    if not (Path(run) / "config.json").is_file():
+        return
+    log = Path(run) / "logs" / COMMANDS_LOG
+    entry = {
+        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cwd": os.getcwd(),
+        "argv": ["ovs3d", *argv],
+        "command": shlex.join(["ovs3d", *argv]),
+        "seconds": round(seconds, 2),
+    }
+    if via:
+        entry["via"] = via
+    old = log.read_text() if log.is_file() else ""
+    atomic_write_text(log, old + json.dumps(entry) + "\n")
 
 
 def fit_config_from_run(run: Path) -> FitConfig:

@@ -307,3 +307,34 @@ def test_dino_and_masks_on_a_scene(tmp_path: Path, image_scene) -> None:
     label = masks.label_map(0)
     assert label.dtype == np.int32 and label[0, 0] == 2 and label[10, 20] == 1 and label[-1, -1] == 0
     assert masks_to_label_map(np.zeros((1, 2, 2), bool)).tolist() == [[-1, -1], [-1, -1]]
+
+
+def test_a_second_writer_waits_and_reads_the_first_ones_entry(tmp_path: Path) -> None:
+    """Two fits of one scene at once (``ovs3d batch``): one computes the entry, the other waits and reads it."""
+    import threading
+
+    views = make_images(tmp_path / "images")
+    cache = FeatureCache(tmp_path / "cache")
+    started = threading.Event()
+    release = threading.Event()
+
+    class Slow(Compute):
+        def __call__(self, i: int) -> np.ndarray:
+            started.set()
+            release.wait(10)
+            return super().__call__(i)
+
+    first, second = Slow(), Compute()
+    out: dict[str, CachedFeatures] = {}
+    a = threading.Thread(target=lambda: out.__setitem__("a", get(cache, views, first)))
+    a.start()
+    started.wait(10)
+    b = threading.Thread(target=lambda: out.__setitem__("b", get(cache, views, second)))
+    b.start()
+    b.join(0.3)
+    assert b.is_alive()  # waiting on the entry's lock, not computing
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert first.calls == [0, 1, 2, 3, 4] and second.calls == []
+    np.testing.assert_array_equal(out["b"][2], out["a"][2])

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -326,6 +327,84 @@ class Report(Output):
         _console().print(f"report written in {time.perf_counter() - t0:.1f}s: {path}")
 
 
+@dataclass
+class Batch(Output):
+    """Many fits at once on Ray: one task per (scene, method, variant), each ``ovs3d fit`` + ``ovs3d eval`` into
+    ``OUT/runs/<scene>/<method>[-<variant>]``, one shared reconstruction per scene; then ``OUT/table.csv``,
+    ``OUT/table.md`` and ``OUT/report.html``. Flags after ``--`` are given to every fit (e.g.
+    ``-- --recon.n-iters 200 --ovnerf.n-iters 300``). Running the same command again skips finished runs and
+    resumes the others.
+    """
+
+    out: Path = field(metadata=rule(path="not_file"))
+    """Batch folder (created or resumed)."""
+    scenes: list[Path] = field(default_factory=list)
+    """Scene folders."""
+    scenes_glob: str | None = None
+    """A glob of scene folders, e.g. 'data/*' (quote it); folders that are not scenes are skipped."""
+    methods: list[str] = field(default_factory=lambda: [DEFAULT_METHOD])
+    """Methods to fit on every scene (3dovs, ovnerf, lerf; rgb also scores the shared reconstructions)."""
+    ablations: list[str] = field(default_factory=list)
+    """Variants besides each method's defaults, NAME=FLAGS, e.g. no-fda='--semantic.no-use-fda'."""
+    holdout: bool = False
+    """Novel-view protocol for every fit (annotated views held out)."""
+    protocol: Literal["3dovs", "ovnerf"] = "3dovs"
+    """Evaluation protocol (SPEC §5)."""
+    address: str | None = None
+    """Ray cluster: none (default) starts a local Ray instance; auto joins the one `ray start` made here;
+    ray://host:10001 joins a remote cluster (scenes and --out on a filesystem every node sees)."""
+    cpus_per_fit: float = field(default=1.0, metadata=rule(gt=0))
+    """CPU cores reserved per fit (and its torch threads)."""
+    gpus_per_fit: float = field(default=0.0, metadata=rule(ge=0))
+    """GPUs reserved per fit (0: CPU only)."""
+    retries: int = field(default=2, metadata=rule(ge=0, le=100))
+    """Times a fit whose worker died (or that failed unexpectedly) is resumed again."""
+    fit_args: tyro.conf.Suppress[list[str]] = field(default_factory=list)
+    """The flags after ``--``."""
+
+    def main(self) -> None:
+        from ovs3d.batch import RayConfig, plan_batch, resolve_scenes, run_batch
+
+        for m in self.methods:
+            check_method(m)
+        scenes = resolve_scenes(self.scenes, self.scenes_glob)
+        tasks = plan_batch(
+            scenes, self.methods, self.ablations, self.out, _fit_config, self.holdout, self.protocol, self.fit_args
+        )
+        ray_cfg = RayConfig(self.address, self.cpus_per_fit, self.gpus_per_fit, self.retries)
+        t0 = time.perf_counter()
+        results = run_batch(tasks, self.out, ray_cfg)
+        bad = [r for r in results if r["state"] in ("failed", "blocked")]
+        con = _console()
+        con.print((self.out / "table.md").read_text())
+        con.print(
+            f"batch: {len(results) - len(bad)} of {len(results)} runs finished in {time.perf_counter() - t0:.0f}s; "
+            f"tables and report in {self.out}"
+        )
+        if bad:
+            raise OVS3DError(
+                f"{len(bad)} run(s) failed ({bad[0]['key']}: {bad[0].get('error')}); see {self.out}/table.md"
+            )
+
+
+def _fit_config(argv: list[str]) -> FitConfig:
+    """The checked :class:`FitConfig` of ``ovs3d fit ARGV`` (a flag fit does not know: one line)."""
+    import io
+    from dataclasses import fields
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            cmd = parse_command(["fit", *argv])
+    except SystemExit as e:
+        lines = [ln.strip(" │╭╰─") for ln in err.getvalue().splitlines()]
+        why = next((ln for ln in lines if ln.lower().startswith(("unrecognized options:", "required"))), "")
+        meant = [ln for ln in lines if ln.startswith("--")][:1]
+        hint = f" (perhaps {meant[0].split()[0]})" if meant else ""
+        raise OVS3DError(f"ovs3d fit refuses these flags: {why or shlex.join(argv)}{hint}; see ovs3d fit --help") from e
+    return FitConfig(**{f.name: getattr(cmd, f.name) for f in fields(FitConfig)})
+
+
 def _masks_or_none(spec: str, flag: str) -> None:
     if spec != "none":
         spec_rule("masks")(spec, flag)
@@ -482,31 +561,17 @@ def _commands(fit_type: type):
         | Annotated[Features, tyro.conf.subcommand("features")]
         | Annotated[Baseline, tyro.conf.subcommand("baseline")]
         | Annotated[Demo, tyro.conf.subcommand("demo")]
+        | Annotated[Batch, tyro.conf.subcommand("batch")]
     )
 
 
 def _record_command(cmd, argv: list[str], seconds: float) -> None:
-    """Append a finished command to ``RUN/logs/commands.jsonl`` (what ``ovs3d report`` shows as "the exact
-    command"): its time, working folder, argv, shell-quoted command line and duration."""
-    import datetime
-    import json
-    import shlex
+    """Append a finished command to its run's ``logs/commands.jsonl`` (:func:`ovs3d.run.record_command`)."""
+    from ovs3d.run import record_command
 
     run = getattr(cmd, "run", None) or (getattr(cmd, "out", None) if isinstance(cmd, FitCommand) else None)
-    if run is None or not (Path(run) / "config.json").is_file():
-        return
-    from ovs3d.utils.files import atomic_write_text
-
-    log = Path(run) / "logs" / "commands.jsonl"
-    entry = {
-        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cwd": os.getcwd(),
-        "argv": ["ovs3d", *argv],
-        "command": shlex.join(["ovs3d", *argv]),
-        "seconds": round(seconds, 2),
-    }
-    old = log.read_text() if log.is_file() else ""
-    atomic_write_text(log, old + json.dumps(entry) + "\n")
+    if run is not None:
+        record_command(Path(run), argv, seconds)
 
 
 def parse_command(argv: list[str]) -> Any:
@@ -518,6 +583,7 @@ def parse_command(argv: list[str]) -> Any:
             unknown choice, a malformed backend spec or a missing weights file. (Missing or unknown flags
             keep tyro's usage message and exit 2.)
     """
+    argv, fit_args = _split_fit_args(argv)
     method = _method_flag(argv) or DEFAULT_METHOD
     check_method(method)
     aliased = any(a.startswith(f"--{method}.") for a in argv)
@@ -529,7 +595,19 @@ def parse_command(argv: list[str]) -> Any:
     with deferred_checks(), _one_line_parse_errors(name):
         cmd = tyro.cli(_commands(_fit_command(method)), args=_method_aliases(argv, method), prog="ovs3d")
     check_config(cmd, name=name)
+    if isinstance(cmd, Batch):
+        cmd.fit_args = fit_args
+    elif fit_args:
+        raise OVS3DError("flags after -- are only for ovs3d batch (the flags of its fits)")
     return cmd
+
+
+def _split_fit_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``ovs3d batch ... -- FIT FLAGS``: the batch's own flags and those after ``--``."""
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1 :]
 
 
 @contextlib.contextmanager

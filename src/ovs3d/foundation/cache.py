@@ -60,7 +60,7 @@ import numpy as np
 
 from ovs3d.errors import OVS3DError
 from ovs3d.utils.console import Work, note, progress
-from ovs3d.utils.files import HOST, atomic_write_json, owner_tag, pid_alive, remove_stale_temps
+from ovs3d.utils.files import HOST, atomic_write_json, file_lock, owner_tag, pid_alive, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -431,8 +431,17 @@ class FeatureCache:
             meta = None
         checked: set[int] = set()
         if meta is None:
-            head = {"kind": kind, "key": key, "identity": identity, "settings": settings, "dtype": dtype}
-            meta, checked = self._write_entry(head, stems, compute, desc or kind, work or Work("views"))
+            # One writer per entry: a second process (two fits of one scene at once, as in `ovs3d batch`)
+            # waits for the first and then reads what it published instead of computing it again.
+            with file_lock(self.root / ".locks" / f"{kind}-{key}.lock"):
+                meta = _read_meta(final)
+                if meta is not None and (meta.get("key") != key or [v["stem"] for v in meta["views"]] != stems):
+                    meta = None
+                if meta is None:
+                    head = {"kind": kind, "key": key, "identity": identity, "settings": settings, "dtype": dtype}
+                    meta, checked = self._write_entry(head, stems, compute, desc or kind, work or Work("views"))
+                else:
+                    note(f"{desc or kind}: {len(stems)} views from the cache ({final}), written by another process")
         else:
             note(f"{desc or kind}: {len(stems)} views from the cache ({final})")
         entry = CachedFeatures(final, meta, compute)

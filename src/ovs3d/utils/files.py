@@ -112,6 +112,62 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+LOCK_NAME = ".lock"
+"""The file of a run folder that the process fitting it holds locked (:func:`run_lock`)."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) within the block.
+
+    The lock goes with its process: a killed holder never leaves it taken. (``flock`` is per machine on
+    most network filesystems.)
+
+    Args:
+        path: the lock file.
+        wait: block until the lock is free; otherwise yield False at once when another process holds it.
+
+    Yields:
+        Whether the lock is held.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {owner_tag()}".encode(), 0)
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold ``FOLDER/.lock`` while one process works in the folder.
+
+    A second process (a re-run batch while an orphaned worker still fits, a second terminal) gets one line
+    instead of writing the same checkpoints.
+
+    Raises:
+        OVS3DError: another process holds the lock.
+    """
+    path = Path(folder) / LOCK_NAME
+    with file_lock(path, wait=False) as held:
+        if not held:
+            holder = path.read_text(errors="replace").strip() or "another process"
+            raise OVS3DError(
+                f"{folder} is being fitted by {holder}; wait for it to finish or stop it, then run this again"
+            )
+        yield
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
