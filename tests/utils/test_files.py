@@ -24,3 +24,14 @@ def test_file_lock_without_waiting(tmp_path: Path) -> None:
         assert held
         with file_lock(tmp_path / "x.lock", wait=False) as again:
             assert not again
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    from ovs3d.utils.files import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    plain = tmp_path / "b.txt"
+    plain.write_text("x")
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(plain).st_mode & 0o777

@@ -31,6 +31,8 @@ CHECKPOINT_VERSION = 1
 HOST = socket.gethostname() or "localhost"
 """This machine's name, in the names of temporary files and folders (with the writer's process id)."""
 _OWNED = re.compile(r"\.tmp-(?P<pid>\d+)@")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read, then restored: the permissions new files of this process get
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # as an ordinary new file (mkstemp makes it private: 0600)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
