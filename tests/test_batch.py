@@ -26,18 +26,9 @@ from ovs3d.batch import (
 from ovs3d.cli.main import _fit_config
 from ovs3d.errors import OVS3DError
 from ovs3d.run import FitConfig
+from tiny_fits import TINY_RECON, TINY_SEMANTIC
 
-# Fits of a second or two on the 64x48 test scenes.
-TINY_FIT = [
-    "--recon.n-iters", "12",
-    "--recon.batch-size", "64",
-    "--recon.init-voxels", "4096",
-    "--recon.final-voxels", "8000",
-    "--recon.upsample-iters", "1",
-    "--recon.occupancy-iters", "1",
-    "--semantic.n-iters", "6",
-    "--semantic.batch-size", "256",
-]  # fmt: skip
+TINY_FIT = TINY_RECON + TINY_SEMANTIC  # fits of a second or two on the 64x48 test scenes
 
 
 @pytest.fixture(scope="module")

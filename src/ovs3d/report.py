@@ -394,7 +394,9 @@ def scene_section(run: Path, config: dict[str, Any], metrics: dict[str, Any]) ->
         + legend_html(classes)
         + f"<h3>Method: {esc(method)}</h3>"
         + (f"<p>{esc(description)}</p>" if description else "")
-        + key_value_table(method_settings(fit, metrics, synthetic=facts.get("synthetic")))
+        + key_value_table(
+            method_settings(fit, metrics, synthetic=facts.get("synthetic"), scene_kind=config.get("scene_kind"))
+        )
     )
     return ReportSection("scene", "Scene and method", body)
 
@@ -407,7 +409,7 @@ def _backend(spec: Any, synthetic: bool | None) -> str:
 
 
 def method_settings(
-    fit: dict[str, Any], metrics: dict[str, Any], synthetic: bool | None = None
+    fit: dict[str, Any], metrics: dict[str, Any], synthetic: bool | None = None, scene_kind: str | None = None
 ) -> list[tuple[str, str]]:
     """The key settings of a run: backends, schedule, resolutions and the method's summary settings.
 
@@ -416,12 +418,17 @@ def method_settings(
         metrics: ``eval/metrics.json`` (its ``semantic`` entry holds the method's summary settings).
         synthetic: whether the scene is synthetic (has ``sim/``), to say what ``auto`` backends are; None:
             unknown (scene folder gone).
+        scene_kind: the run's scene kind (unbounded scenes train more reconstruction iterations).
     """
     recon = fit.get("recon") or {}
     features = fit.get("features") or {}
     semantic = fit.get("semantic") or {}
+    iters = fmt_setting(recon.get("n_iters"))
+    factor = recon.get("unbounded_iters_factor")
+    if scene_kind == "unbounded" and isinstance(factor, (int, float)) and factor != 1:
+        iters += f" × {fmt_setting(factor)} (unbounded scene)"
     pairs = [
-        ("reconstruction iterations", fmt_setting(recon.get("n_iters"))),
+        ("reconstruction iterations", iters),
         ("RGB downscale", fmt_setting(recon.get("rgb_downscale"))),
     ]
     if fit.get("recon_from"):

@@ -29,6 +29,7 @@ from ovs3d.foundation.registry import spec_rule
 from ovs3d.methods.reconstruction import (
     CHECKPOINT_NAME,
     ReconstructionConfig,
+    for_kind,
     load_trained_field,
     render_view,
     train_reconstruction,
@@ -183,7 +184,8 @@ def fit(cfg: FitConfig) -> Path:
     new = _config_dict(cfg)
     used = _used_backends(cfg)
     if (run / "config.json").exists():
-        stored = read_run_config(run)["fit"]
+        stored_run = read_run_config(run)
+        stored = _with_legacy_recon(stored_run["fit"], stored_run.get("scene_kind"), cfg.recon)
         stored_method = stored.get("method", DEFAULT_METHOD)
         if stored_method != RECONSTRUCTION_ONLY and isinstance(stored.get("semantic"), dict):
             # settings added since the run was made mean what they did
@@ -238,6 +240,17 @@ def fit(cfg: FitConfig) -> Path:
     return run
 
 
+def _with_legacy_recon(fit_cfg: dict[str, Any], scene_kind: str | None, recon: ReconstructionConfig) -> dict[str, Any]:
+    """A stored ``fit`` config with the reconstruction settings added since it was written, as they were then:
+    ``unbounded_iters_factor`` 1 for an unbounded scene (older runs trained every kind alike); for other kinds
+    it changes nothing, so it takes ``recon``'s value and never blocks a resume."""
+    stored_recon = fit_cfg.get("recon")
+    if not isinstance(stored_recon, dict) or "unbounded_iters_factor" in stored_recon:
+        return fit_cfg
+    factor = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
+    return {**fit_cfg, "recon": {**stored_recon, "unbounded_iters_factor": factor}}
+
+
 def _used_backends(cfg: FitConfig) -> set[str]:
     """The backend families the run's method reads; a warning names each backend flag it ignores."""
     if cfg.method == RECONSTRUCTION_ONLY:
@@ -265,13 +278,15 @@ def _copy_reconstruction(source_run: Path, cfg: FitConfig, dest: Path) -> None:
     """Copy a finished reconstruction checkpoint of a compatible run (same scene and protocol)."""
     import shutil
 
-    src_cfg = read_run_config(source_run)["fit"]
+    src_run = read_run_config(source_run)
+    src_cfg = src_run["fit"]
     if src_cfg["scene"] != str(Path(cfg.scene).resolve()) or bool(src_cfg["holdout"]) != cfg.holdout:
         raise OVS3DError(f"--recon-from {source_run} was fitted on another scene or protocol")
     src = Path(source_run) / "checkpoints" / CHECKPOINT_NAME
     from ovs3d.utils.files import atomic_path, load_checkpoint
 
-    if load_checkpoint(src, kind="reconstruction")["step"] < cfg.recon.n_iters:
+    n_iters = for_kind(cfg.recon, str(src_run.get("scene_kind"))).n_iters
+    if load_checkpoint(src, kind="reconstruction")["step"] < n_iters:
         raise OVS3DError(f"--recon-from {source_run} has not finished its reconstruction; fit it first")
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
@@ -309,7 +324,8 @@ def record_command(run: Path, argv: list[str], seconds: float, via: str | None =
 
 def fit_config_from_run(run: Path) -> FitConfig:
     """Rebuild the :class:`FitConfig` a run was created with."""
-    d = dict(read_run_config(run)["fit"])
+    stored = read_run_config(run)
+    d = dict(_with_legacy_recon(stored["fit"], stored.get("scene_kind"), ReconstructionConfig()))
     method = d.get("method", DEFAULT_METHOD)
     semantic = d.pop("semantic", None)
     try:
@@ -336,7 +352,8 @@ def unfinished_stages(run: Path, cfg: FitConfig | None = None) -> list[str]:
     from ovs3d.utils.files import load_checkpoint
 
     cfg = cfg or fit_config_from_run(run)
-    stages = [("reconstruction", Path(run) / "checkpoints" / CHECKPOINT_NAME, cfg.recon.n_iters)]
+    kind = str(read_run_config(run).get("scene_kind"))
+    stages = [("reconstruction", Path(run) / "checkpoints" / CHECKPOINT_NAME, for_kind(cfg.recon, kind).n_iters)]
     if cfg.method != RECONSTRUCTION_ONLY:
         stages.append((f"{cfg.method} semantic stage", semantic_checkpoint(run), cfg.semantic.n_iters))
     out = []

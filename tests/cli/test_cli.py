@@ -17,15 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_fits import tiny_recon
+
 # A reconstruction that takes a second or two: enough to write a run folder and a checkpoint.
-TINY_RECON = [
-    "--recon.n-iters", "2",
-    "--recon.batch-size", "64",
-    "--recon.init-voxels", "4096",
-    "--recon.final-voxels", "8000",
-    "--recon.upsample-iters", "1",
-    "--recon.occupancy-iters", "1",
-]  # fmt: skip
+TINY_RECON = tiny_recon(2)
 
 
 def ovs3d(*args: object, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:

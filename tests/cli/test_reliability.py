@@ -18,15 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tiny_fits import tiny_recon
+
 # A reconstruction that takes a second or two (as tests/cli/test_cli.py).
-TINY_RECON = [
-    "--recon.n-iters", "2",
-    "--recon.batch-size", "64",
-    "--recon.init-voxels", "4096",
-    "--recon.final-voxels", "8000",
-    "--recon.upsample-iters", "1",
-    "--recon.occupancy-iters", "1",
-]  # fmt: skip
+TINY_RECON = tiny_recon(2)
 
 # Runs ``ovs3d`` with ``ovs3d.methods.loop.progress`` (or the feature cache's) SIGKILLing the process when
 # iteration KILL_AT is about to start: a real kill at a known point (the steps before it are logged and

@@ -18,16 +18,7 @@ from pathlib import Path
 
 import pytest
 
-# A reconstruction of a second or two and a semantic stage of a few iterations (as tests/cli/test_cli.py).
-TINY_RECON = [
-    "--recon.n-iters", "12",
-    "--recon.batch-size", "64",
-    "--recon.init-voxels", "4096",
-    "--recon.final-voxels", "8000",
-    "--recon.upsample-iters", "1",
-    "--recon.occupancy-iters", "1",
-]  # fmt: skip
-TINY_SEMANTIC = ["--semantic.n-iters", "6", "--semantic.batch-size", "256"]
+from tiny_fits import TINY_RECON, TINY_SEMANTIC
 
 # ``ovs3d`` with the reporter's thresholds at 0: a tiny fit gets the estimate line and a line at every 10 %
 # (what a long fit shows) in seconds.

@@ -89,3 +89,26 @@ def test_bounded_kind_marches_in_a_world_box(tiny_scene_dir, tmp_path):
     assert torch.allclose(trained.field.aabb, torch.as_tensor(scene.aabb, dtype=torch.float32))
     out = render_view(trained, scene, 0, 2.0)
     assert np.isfinite(out["rgb"]).all() and out["acc"].max() > 0.1
+
+
+def test_unbounded_scenes_train_more_iterations():
+    from ovs3d.methods.reconstruction import for_kind
+
+    cfg = ReconstructionConfig()
+    assert for_kind(cfg, "forward") is cfg and for_kind(cfg, "bounded") is cfg
+    unbounded = for_kind(cfg, "unbounded")
+    assert unbounded.n_iters == 2 * cfg.n_iters and unbounded.unbounded_iters_factor == 1.0
+    assert unbounded.upsample_iters == cfg.upsample_iters and unbounded.occupancy_iters == cfg.occupancy_iters
+    assert for_kind(unbounded, "unbounded") == unbounded  # applying it twice changes nothing
+    assert for_kind(ReconstructionConfig(n_iters=3, unbounded_iters_factor=1.5), "unbounded").n_iters == 4
+
+
+def test_runs_made_before_the_unbounded_factor_keep_their_schedule():
+    from ovs3d.run import _with_legacy_recon
+
+    old = {"scene": "s", "recon": {"n_iters": 300}}
+    new = ReconstructionConfig()
+    assert _with_legacy_recon(old, "unbounded", new)["recon"]["unbounded_iters_factor"] == 1.0
+    assert _with_legacy_recon(old, "forward", new)["recon"]["unbounded_iters_factor"] == new.unbounded_iters_factor
+    current = {"scene": "s", "recon": {"n_iters": 300, "unbounded_iters_factor": 3.0}}
+    assert _with_legacy_recon(current, "unbounded", new) is current
