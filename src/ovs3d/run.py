@@ -367,6 +367,23 @@ def unfinished_stages(run: Path, cfg: FitConfig | None = None) -> list[str]:
     return out
 
 
+def require_finished(run: Path, cfg: FitConfig, then: str) -> None:
+    """Raise one line naming where an unfinished run stopped and the command that finishes it (scoring or
+    rendering a half-trained field would pass for the method's result).
+
+    Args:
+        run: run folder.
+        cfg: its configuration.
+        then: what to do after the fit (``evaluate``, ``render``), for the message.
+    """
+    unfinished = unfinished_stages(run, cfg)
+    if unfinished:
+        raise OVS3DError(
+            f"run {run} is unfinished ({'; '.join(unfinished)}): finish it by running its `ovs3d fit --scene "
+            f"{cfg.scene} --out {run} ...` command again with the same flags (it resumes), then {then}"
+        )
+
+
 def psnr_views(run: Path) -> tuple[list[int], str]:
     """Views PSNR is reported on (SPEC §4): held-out views under --holdout, else the training views."""
     cfg = fit_config_from_run(run)
@@ -405,12 +422,7 @@ def evaluate(run: Path, max_psnr_views: int = 8, protocol: Protocol = "3dovs") -
     if protocol not in ("3dovs", "ovnerf"):
         raise OVS3DError(f"unknown protocol {protocol!r}; choose 3dovs or ovnerf")
     cfg = fit_config_from_run(run)
-    unfinished = unfinished_stages(run, cfg)
-    if unfinished:
-        raise OVS3DError(
-            f"run {run} is unfinished ({'; '.join(unfinished)}): finish it by running its `ovs3d fit --scene "
-            f"{cfg.scene} --out {run} ...` command again with the same flags (it resumes), then evaluate"
-        )
+    require_finished(run, cfg, "evaluate")
     scene = _load_scene(cfg.scene, cfg.kind)
     device = resolve_device(cfg.device)
     trained = load_trained_field(Path(run) / "checkpoints" / CHECKPOINT_NAME, device)
@@ -525,6 +537,7 @@ def render(
     from ovs3d.utils.files import atomic_write_image
 
     cfg = fit_config_from_run(run)
+    require_finished(run, cfg, "render")
     scene = _load_scene(cfg.scene, cfg.kind)
     device = resolve_device(cfg.device)
     trained = load_trained_field(Path(run) / "checkpoints" / CHECKPOINT_NAME, device)

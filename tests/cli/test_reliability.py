@@ -240,10 +240,10 @@ def test_foreign_run_config(case, cli):
 
 
 # --------------------------------------------------------------------------------------------------
-# 8. eval on an unfinished run; resume logs each step once; an unused backend is named
+# 8. eval and render on an unfinished run; resume logs each step once; an unused backend is named
 
 
-def test_unfinished_run_eval_then_resume(case, cli):
+def test_unfinished_run_eval_render_then_resume(case, cli):
     cwd, scene = case
     flags = ["--method", "rgb", *TINY_RECON, "--recon.n-iters", "4", "--recon.checkpoint-every", "2"]
     flags += ["--recon.log-every", "1", "--masks", "superpixel"]
@@ -256,6 +256,8 @@ def test_unfinished_run_eval_then_resume(case, cli):
     line = assert_user_error(cli("eval", "--run", "run", cwd=cwd), "unfinished", "step 2 of 4", "ovs3d fit")
     assert "--out run" in line
     assert snapshot(cwd) == before and not (cwd / "run" / "eval").exists()
+    line = assert_user_error(cli("render", "--run", "run", cwd=cwd), "unfinished", "step 2 of 4", "then render")
+    assert snapshot(cwd) == before and not (cwd / "run" / "render").exists()
 
     res = ovs3d("fit", "--scene", scene, "--out", "run", *flags, cwd=cwd)
     assert_ok(res)

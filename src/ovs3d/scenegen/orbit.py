@@ -85,8 +85,8 @@ from ovs3d.scenegen.tabletop import (
     look_at,
 )
 from ovs3d.scenegen.textures import jitter_color, make_texture
-from ovs3d.scenegen.writer import first_valid_layout, generate_scene, write_scene
-from ovs3d.utils.config import check_config, field_name, rule
+from ovs3d.scenegen.writer import check_preset_config, first_valid_layout, generate_scene, write_scene
+from ovs3d.utils.config import field_name, rule
 
 logger = logging.getLogger(__name__)
 
@@ -194,12 +194,7 @@ class OrbitConfig:
         Args:
             name: how a setting is named in the message (default: the field; the CLI passes its flags).
         """
-        if self.width < 16 or self.height < 16:
-            raise OVS3DError(
-                f"image size {self.width}x{self.height} is too small: {name('width')} and {name('height')} "
-                "must be at least 16"
-            )
-        check_config(self, name=name)
+        check_preset_config(self, name)
         if self.n_views < 3 * self.n_rings:
             raise OVS3DError(
                 f"{name('n_views')}={self.n_views} must be at least 3 x {name('n_rings')} = {3 * self.n_rings}"

@@ -63,8 +63,8 @@ from ovs3d.scenegen import raycast as rc
 from ovs3d.scenegen.labels import SurfaceKind
 from ovs3d.scenegen.tabletop import annotated_views, look_at
 from ovs3d.scenegen.textures import Texture, albedo, jitter_color, make_texture
-from ovs3d.scenegen.writer import first_valid_layout, generate_scene, write_scene
-from ovs3d.utils.config import check_config, field_name, rule
+from ovs3d.scenegen.writer import check_preset_config, first_valid_layout, generate_scene, write_scene
+from ovs3d.utils.config import field_name, rule
 
 logger = logging.getLogger(__name__)
 
@@ -438,12 +438,7 @@ class RoomConfig:
         Args:
             name: how a setting is named in the message (default: the field; the CLI passes its flags).
         """
-        if self.width < 16 or self.height < 16:
-            raise OVS3DError(
-                f"image size {self.width}x{self.height} is too small: {name('width')} and {name('height')} "
-                "must be at least 16"
-            )
-        check_config(self, name=name)
+        check_preset_config(self, name)
         if len(self.annotated) >= self.n_views:
             raise OVS3DError(
                 f"all {self.n_views} views would be annotated; raise {name('annotate_every')} or lower "

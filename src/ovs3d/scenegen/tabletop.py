@@ -46,13 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ovs3d.errors import OVS3DError
 from ovs3d.io.scene import scaled_size
 from ovs3d.scenegen import raycast as rc
 from ovs3d.scenegen.labels import OBJECTS, TABLES, WALLS, ObjectKind, SurfaceKind
 from ovs3d.scenegen.textures import Texture, albedo, jitter_color, make_texture
-from ovs3d.scenegen.writer import first_valid_layout, generate_scene, write_scene
-from ovs3d.utils.config import check_config, field_name, rule
+from ovs3d.scenegen.writer import check_preset_config, first_valid_layout, generate_scene, write_scene
+from ovs3d.utils.config import field_name, rule
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +126,7 @@ class TabletopConfig:
         Args:
             name: how a setting is named in the message (default: the field; the CLI passes its flags).
         """
-        if self.width < 16 or self.height < 16:
-            raise OVS3DError(
-                f"image size {self.width}x{self.height} is too small: {name('width')} and {name('height')} "
-                "must be at least 16"
-            )
-        check_config(self, name=name)
+        check_preset_config(self, name)
 
 
 @dataclass

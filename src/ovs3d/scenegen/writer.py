@@ -40,6 +40,27 @@ def is_generated_scene(path: Path) -> bool:
     return isinstance(data, dict) and data.get("generator") == GENERATOR
 
 
+MIN_IMAGE_SIDE = 16
+"""Smallest image width and height a preset renders."""
+
+
+def check_preset_config(config: Any, name: Callable[[str], str]) -> None:
+    """What every preset's ``validate`` checks first: an image of at least :data:`MIN_IMAGE_SIDE` pixels a
+    side (one line naming both flags), then every field's rule.
+
+    Raises:
+        OVS3DError: the first setting that fails (one line).
+    """
+    from ovs3d.utils.config import check_config
+
+    if config.width < MIN_IMAGE_SIDE or config.height < MIN_IMAGE_SIDE:
+        raise OVS3DError(
+            f"image size {config.width}x{config.height} is too small: {name('width')} and {name('height')} "
+            f"must be at least {MIN_IMAGE_SIDE}"
+        )
+    check_config(config, name=name)
+
+
 def check_destination(out: Path) -> None:
     """Raise :class:`OVS3DError` if writing a scene to ``out`` would destroy something else."""
     out = Path(out)
