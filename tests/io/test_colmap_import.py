@@ -422,3 +422,27 @@ def test_ctrl_c_kills_colmap_and_leaves_nothing(generated, tmp_path, monkeypatch
     assert time.perf_counter() - t0 < 5
     assert workers and all(w.proc.poll() is not None for w in workers)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_import_leaves_a_folder_the_next_import_removes(tmp_path, no_colmap_needed, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from ovs3d.utils.files import HOST
+
+    photos = _photos(tmp_path / "photos")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".out.import.tmp-{dead.pid}@{HOST}-abcd1234"  # what a SIGKILLed import leaves
+    (left / ".work").mkdir(parents=True)
+    alive = tmp_path / f".out.import.tmp-{os.getpid()}@{HOST}-efgh5678"  # a running import's: kept
+    alive.mkdir()
+
+    def interrupted(self, staged, camera_model):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(colmap._Importer, "extract", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_scene(photos, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photos", alive.name])

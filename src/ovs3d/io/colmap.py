@@ -76,6 +76,7 @@ from ovs3d.errors import OVS3DError
 from ovs3d.io.loader import write_poses_bounds, write_transforms_json
 from ovs3d.utils.console import Work, note, progress
 from ovs3d.utils.console import stage as console_stage
+from ovs3d.utils.files import abandoned_by, owner_tag
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,15 @@ _EXIF_MAKE, _EXIF_MODEL, _EXIF_IFD, _EXIF_FOCAL = 0x010F, 0x0110, 0x8769, 0x920A
 # public API
 
 
+def _remove_abandoned_imports(out: Path) -> None:
+    """Delete the temporary folders of imports into ``out`` whose process (of this machine) is gone: what a
+    hard kill (SIGKILL, a crash) left; an interrupted import removes its own."""
+    for p in out.parent.glob(f".{out.name}.import.tmp-*"):
+        if p.is_dir() and abandoned_by(p.name):
+            shutil.rmtree(p, ignore_errors=True)
+            note(f"removed {p.name}: the temporary folder of an import that was killed outright")
+
+
 def import_scene(
     images: str | Path,
     out: str | Path,
@@ -195,7 +205,9 @@ def import_scene(
     pycolmap = _require_pycolmap()
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
+    _remove_abandoned_imports(out)
+    # named after this process, so that what a hard kill leaves is found (and removed) by the next import
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import.tmp-{owner_tag()}-", dir=out.parent))
     done = False
     run = _Importer(pycolmap, tmp / ".work", num_threads=num_threads, seed=seed)
     try:
