@@ -407,19 +407,20 @@ def test_ctrl_c_kills_colmap_and_leaves_nothing(generated, tmp_path, monkeypatch
         workers.append(self)
 
     real_call = colmap._Worker.call
+    pressed: list[float] = []
 
     def call(self, op, stage, on_progress=None, **kwargs):
         def ctrl_c(progress):  # Ctrl-C lands while the child reports progress: it is mid-work
+            pressed.append(time.perf_counter())
             raise KeyboardInterrupt
 
         return real_call(self, op, stage, ctrl_c, **kwargs)
 
     monkeypatch.setattr(colmap._Worker, "__init__", init)
     monkeypatch.setattr(colmap._Worker, "call", call)
-    t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         import_scene(generated / "images", tmp_path / "scene", num_threads=1)
-    assert time.perf_counter() - t0 < 5
+    assert pressed and time.perf_counter() - pressed[0] < 2  # killed and tidied at once
     assert workers and all(w.proc.poll() is not None for w in workers)
     assert list(tmp_path.iterdir()) == []
 
