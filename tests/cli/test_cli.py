@@ -7,7 +7,6 @@ path (make-scene -> fit -> eval -> render) runs once on a tiny scene with a 2-it
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_subprocess import cli_env
 from tiny_fits import tiny_recon
 
 # A reconstruction that takes a second or two: enough to write a run folder and a checkpoint.
@@ -25,15 +25,13 @@ TINY_RECON = tiny_recon(2)
 
 def ovs3d(*args: object, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """``python -m ovs3d ARGS`` in ``cwd``, capturing stdout and stderr."""
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "NO_COLOR": "1", "COLUMNS": "120"}
-    env.pop("OVS3D_LOG", None)
     return subprocess.run(
         [sys.executable, "-m", "ovs3d", *map(str, args)],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=cli_env(),
     )
 
 

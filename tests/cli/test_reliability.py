@@ -9,7 +9,6 @@ enumerated from the config dataclasses.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,49 +17,24 @@ from pathlib import Path
 
 import pytest
 
+from cli_subprocess import SIGNAL_DRIVER, cli_env, signal_env
 from tiny_fits import tiny_recon
 
 # A reconstruction that takes a second or two (as tests/cli/test_cli.py).
 TINY_RECON = tiny_recon(2)
 
-# Runs ``ovs3d`` with ``ovs3d.methods.loop.progress`` (or the feature cache's) SIGKILLing the process when
-# iteration KILL_AT is about to start: a real kill at a known point (the steps before it are logged and
-# checkpointed as they would be).
-KILL_DRIVER = """
-import os, signal, sys
-import ovs3d.foundation.cache as cache
-import ovs3d.methods.loop as loop
-at = int(os.environ["KILL_AT"])
-module = cache if os.environ["KILL_IN"] == "cache" else loop
-real = module.progress
-def progress(items, **kw):
-    for i in real(items, **kw):
-        if i == at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        yield i
-module.progress = progress
-from ovs3d.cli.main import entrypoint
-sys.exit(entrypoint(sys.argv[1:]))
-"""
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "NO_COLOR": "1", "COLUMNS": "120"}
-    env.pop("OVS3D_LOG", None)
-    return env
-
 
 def ovs3d(*args: object, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """``python -m ovs3d ARGS`` in ``cwd``, capturing stdout and stderr."""
     cmd = [sys.executable, "-m", "ovs3d", *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env())
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=cli_env())
 
 
 def ovs3d_killed(kill_in: str, kill_at: int, *args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``ovs3d ARGS``, SIGKILLed when iteration ``kill_at`` of the training loop (``loop``) or of a feature
     cache write (``cache``) is about to start."""
-    env = {**_env(), "KILL_IN": kill_in, "KILL_AT": str(kill_at)}
-    cmd = [sys.executable, "-c", KILL_DRIVER, *map(str, args)]
+    env = signal_env("SIGKILL", kill_in, kill_at)
+    cmd = [sys.executable, "-c", SIGNAL_DRIVER, *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 

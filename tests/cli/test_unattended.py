@@ -7,7 +7,6 @@ Every run here is a real process writing to a real file, as under ``nohup`` or a
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_subprocess import SIGNAL_DRIVER, cli_env, signal_env
 from tiny_fits import TINY_RECON, TINY_SEMANTIC
 
 # ``ovs3d`` with the reporter's thresholds at 0: a tiny fit gets the estimate line and a line at every 10 %
@@ -30,37 +30,14 @@ from ovs3d.cli.main import entrypoint
 sys.exit(entrypoint(sys.argv[1:]))
 """
 
-# ``ovs3d`` SIGTERMing itself when item TERM_AT of the feature cache's loop is about to start: a real SIGTERM at
-# a known point (the views before it are written).
-TERM_DRIVER = """
-import os, signal, sys
-import ovs3d.foundation.cache as cache
-at = int(os.environ["TERM_AT"])
-real = cache.progress
-def progress(items, **kw):
-    for i in real(items, **kw):
-        if i == at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        yield i
-cache.progress = progress
-from ovs3d.cli.main import entrypoint
-sys.exit(entrypoint(sys.argv[1:]))
-"""
-
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "NO_COLOR": "1", "COLUMNS": "120"}
-    env.pop("OVS3D_LOG", None)
-    return env
 
 
 def run_logged(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> int:
     """``cmd > log 2>&1`` in ``cwd``; its exit code."""
     with open(log, "w") as f:
         return subprocess.run(
-            cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env or _env(), timeout=600
+            cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env or cli_env(), timeout=600
         ).returncode
 
 
@@ -156,7 +133,7 @@ def test_sigterm_during_a_fit_then_the_same_command_resumes(work: Path):
     ckpt = work / "run_term" / "checkpoints" / "reconstruction.pt"
     log = work / "term.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(ovs3d_cmd(*args), cwd=work, stdout=f, stderr=subprocess.STDOUT, env=_env())
+        proc = subprocess.Popen(ovs3d_cmd(*args), cwd=work, stdout=f, stderr=subprocess.STDOUT, env=cli_env())
         deadline = time.monotonic() + 300
         while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -189,8 +166,8 @@ def test_sigterm_during_a_fit_then_the_same_command_resumes(work: Path):
 def test_sigterm_while_features_are_cached_keeps_the_finished_views(work: Path):
     scene = fresh_scene(work, "scene_term")
     log = work / "features.log"
-    env = {**_env(), "TERM_AT": "2"}
-    rc = run_logged(driver_cmd(TERM_DRIVER, "features", "--scene", scene), work, log, env)
+    env = signal_env("SIGTERM", "cache", 2)
+    rc = run_logged(driver_cmd(SIGNAL_DRIVER, "features", "--scene", scene), work, log, env)
     text = log.read_text()
     assert rc == 143, text
     assert "pixel CLIP features: stopped at " in text and "the 2 finished view(s) are kept" in text
