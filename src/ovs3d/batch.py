@@ -30,7 +30,6 @@ import glob as globlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import shlex
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ovs3d.errors import OVS3DError
-from ovs3d.run import FitConfig, read_run_config, record_command, unfinished_stages
+from ovs3d.run import FitConfig, record_command, unfinished_stages
 from ovs3d.utils.console import Work, emit, format_duration, note, task
 from ovs3d.utils.files import atomic_write_json, atomic_write_text
 
@@ -149,17 +148,22 @@ def resolve_scenes(scenes: Sequence[Path], scenes_glob: str | None) -> list[Path
     return out
 
 
-def _recon_flags(argv: Sequence[str]) -> list[str]:
-    """The flags of ``argv`` that a reconstruction-only fit reads (``--recon.*``, ``--kind``, ``--device``)."""
+def _select_flags(argv: Sequence[str], keep: Callable[[str], bool]) -> list[str]:
+    """The flags of ``argv`` (each with the values that follow it) whose name (``--x.y``, before any ``=``)
+    ``keep`` accepts."""
     out: list[str] = []
-    keep = False
+    kept = True
     for arg in argv:
         if arg.startswith("--"):
-            name = arg.partition("=")[0]
-            keep = name.startswith(("--recon.", "--kind", "--device"))
-        if keep:
+            kept = keep(arg.partition("=")[0])
+        if kept:
             out.append(arg)
     return out
+
+
+def _recon_flags(argv: Sequence[str]) -> list[str]:
+    """The flags of ``argv`` that a reconstruction-only fit reads (``--recon.*``, ``--kind``, ``--device``)."""
+    return _select_flags(argv, lambda name: name.startswith(("--recon.", "--kind", "--device")))
 
 
 def _own_flags(argv: Sequence[str], method: str, methods: Sequence[str]) -> list[str]:
@@ -168,14 +172,7 @@ def _own_flags(argv: Sequence[str], method: str, methods: Sequence[str]) -> list
     others = tuple(f"--{m}." for m in methods if m != method)
     if method == RECON_METHOD:
         others += ("--semantic.",)  # a reconstruction has no semantic stage
-    out: list[str] = []
-    keep = True
-    for arg in argv:
-        if arg.startswith("--"):
-            keep = not arg.startswith(others) if others else True
-        if keep:
-            out.append(arg)
-    return out
+    return _select_flags(argv, lambda name: not name.startswith(others))
 
 
 def _recon_key(cfg: FitConfig) -> str:
@@ -297,8 +294,7 @@ def finished_result(t: BatchTask) -> dict[str, Any] | None:
     if not (run / "config.json").is_file():
         return None
     try:
-        read_run_config(run)
-        if unfinished_stages(run):
+        if unfinished_stages(run):  # reads and checks the run's config too
             return None
     except (OVS3DError, OSError, KeyError, RuntimeError):
         return None  # the task itself reports what is wrong
@@ -448,7 +444,6 @@ def run_batch(
     cfg = cfg or RayConfig()
     out = Path(out)
     status_dir = out / "status"
-    by_key = {t.key: t for t in tasks}
     results: dict[str, dict[str, Any]] = {}
     for t in tasks:
         if (r := finished_result(t)) is not None:
@@ -461,7 +456,7 @@ def run_batch(
         ray, started = _ray_init(cfg)  # before anything is written: no Ray, no half-made batch folder
         status_dir.mkdir(parents=True, exist_ok=True)
         try:
-            _drive(ray, todo, by_key, results, status_dir, cfg, task_fn, len(tasks))
+            _drive(ray, todo, results, status_dir, cfg, task_fn, len(tasks))
         finally:
             if started:
                 ray.shutdown()
@@ -471,9 +466,9 @@ def run_batch(
     return ordered
 
 
-def _drive(ray, todo, by_key, results, status_dir, cfg: RayConfig, task_fn, n_total: int) -> None:
+def _drive(ray, todo, results, status_dir, cfg: RayConfig, task_fn, n_total: int) -> None:
     remote = ray.remote(num_cpus=cfg.cpus_per_fit, num_gpus=cfg.gpus_per_fit, max_retries=0)(task_fn)
-    threads = max(1, int(math.floor(cfg.cpus_per_fit))) if cfg.cpus_per_fit >= 1 else 1
+    threads = max(1, int(cfg.cpus_per_fit))  # whole cores, at least one
     slots = _slots(ray, cfg)
     waiting = {t.key: t for t in todo}
     pending: dict[Any, BatchTask] = {}
@@ -694,10 +689,10 @@ def batch_report_html(out: Path, tasks: Sequence[BatchTask], results: Sequence[d
             own = t.run / "report" / "index.html"
             if own.is_file():
                 parts.append(f'<p><a href="{esc(os.path.relpath(own, out))}">the run\'s own report</a></p>')
-            overlays = sorted((t.run / "eval" / "overlays").glob("*.png"))
-            if not overlays:
-                rgb = sorted((t.run / "eval" / "rgb").glob("*.png"))[:3]
-                overlays = rgb
+            overlays = (
+                sorted((t.run / "eval" / "overlays").glob("*.png"))
+                or sorted((t.run / "eval" / "rgb").glob("*.png"))[:3]
+            )
             for p in overlays:
                 parts.append(img_tag(file_uri(p), f"{scene} {t.row} view {p.stem}", "overlay"))
             if not overlays:

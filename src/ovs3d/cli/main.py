@@ -116,14 +116,17 @@ class FitCommand(FitConfig, Output):
     settings (``ovs3d fit --method ovnerf --help`` lists them).
     """
 
-    def main(self) -> None:
+    def fit_config(self) -> FitConfig:
+        """The :class:`~ovs3d.run.FitConfig` these flags make (without the output flags)."""
         from dataclasses import fields
 
+        return FitConfig(**{f.name: getattr(self, f.name) for f in fields(FitConfig)})
+
+    def main(self) -> None:
         from ovs3d.run import fit
 
-        cfg = FitConfig(**{f.name: getattr(self, f.name) for f in fields(FitConfig)})
         t0 = time.perf_counter()
-        run = fit(cfg)
+        run = fit(self.fit_config())
         _console().print(f"fit done in {time.perf_counter() - t0:.0f}s: {run}")
 
 
@@ -390,7 +393,6 @@ class Batch(Output):
 def _fit_config(argv: list[str]) -> FitConfig:
     """The checked :class:`FitConfig` of ``ovs3d fit ARGV`` (a flag fit does not know: one line)."""
     import io
-    from dataclasses import fields
 
     err = io.StringIO()
     try:
@@ -402,7 +404,7 @@ def _fit_config(argv: list[str]) -> FitConfig:
         meant = [ln for ln in lines if ln.startswith("--")][:1]
         hint = f" (perhaps {meant[0].split()[0]})" if meant else ""
         raise OVS3DError(f"ovs3d fit refuses these flags: {why or shlex.join(argv)}{hint}; see ovs3d fit --help") from e
-    return FitConfig(**{f.name: getattr(cmd, f.name) for f in fields(FitConfig)})
+    return cmd.fit_config()
 
 
 def _masks_or_none(spec: str, flag: str) -> None:
