@@ -84,6 +84,17 @@ def _official_js_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # --- selection and features -------------------------------------------------------------------------------
 
 
+def test_selection_temperature_lets_one_scale_win():
+    """The code's softmax over rendered sigmoids in [0, 1] keeps every weight within [1/(1+2e), e/(e+2)];
+    a temperature below 1 lets one scale take almost all of it."""
+    raw = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    e = math.e
+    torch.testing.assert_close(L.selection_softmax(raw)[0], torch.tensor([e, 1, 1]) / (e + 2))
+    sharp = L.selection_softmax(raw, temperature=0.1)
+    torch.testing.assert_close(sharp, torch.softmax(raw * 10, dim=-1))
+    assert sharp[0, 0] > 0.99
+
+
 def test_selection_softmax_sums_to_one(gen):
     raw = _rand(R, S, gen=gen)
     sel = L.selection_softmax(raw)

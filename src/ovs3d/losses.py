@@ -51,7 +51,7 @@ def _check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def selection_softmax(select_map_raw: Tensor) -> Tensor:
+def selection_softmax(select_map_raw: Tensor, temperature: float = 1.0) -> Tensor:
     """Selection vector of each ray (Eq. 2): softmax over the rendered per-scale selection values.
 
     The official code renders ``Σ_i w_i sigmoid(s_i)`` (values in [0, 1]) and applies this softmax without a
@@ -59,11 +59,12 @@ def selection_softmax(select_map_raw: Tensor) -> Tensor:
 
     Args:
         select_map_raw: ``[R, S]`` (or ``[..., S]``) volume-rendered selection values.
+        temperature: divides the values before the softmax (1 = the code's; lower lets one scale win).
 
     Returns:
         ``[R, S]`` weights that are positive and sum to 1 over the scales.
     """
-    return torch.softmax(select_map_raw, dim=-1)
+    return torch.softmax(select_map_raw / temperature, dim=-1)
 
 
 def selected_features(clip_feats: Tensor, selection: Tensor, eps: float = 1e-12) -> Tensor:

@@ -269,3 +269,25 @@ def test_the_phase_switch_unfreezes_the_appearance_only_in_the_joint_phase(tiny_
     in_groups1 = {id(p) for g in groups1 for p in g["params"]}
     assert trained1 == appearance and appearance <= in_groups1
     assert not any(p.requires_grad for p in f.density_planes)  # density stays frozen
+
+
+def test_consensus_relevancy_gives_rays_ending_in_the_same_voxels_one_value(tiny_scene_dir, tmp_path):
+    """The same view's rays twice with different relevancies (two "views" of one surface): each pair reads
+    back one value, the mean of what reached its voxels; a relevancy that is the same everywhere stays."""
+    from ovs3d.methods.threedovs.method import consensus_relevancy
+    from ovs3d.render.cached import RaySamples
+
+    scene = load_scene(tiny_scene_dir)
+    trained = _trained(scene, tmp_path)
+    o, d = view_rays(scene, 0, 4.0)
+    s = top_samples(trained, o, d, ray_near(scene), k=4)
+    both = RaySamples.cat([s, s])
+    g = torch.Generator().manual_seed(0)
+    n = len(s)
+    rel = torch.rand(2 * n, 3, 5, generator=g)
+    got = consensus_relevancy(both, rel, trained)
+    hit = s.weights.sum(1) > 1e-8
+    torch.testing.assert_close(got[:n][hit], got[n:][hit])
+    assert not torch.allclose(got[:n][hit], rel[:n][hit])  # one view's own value is outvoted
+    flat = torch.full((2 * n, 3, 5), 0.25)
+    torch.testing.assert_close(consensus_relevancy(both, flat, trained), flat)

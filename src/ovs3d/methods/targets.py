@@ -32,3 +32,45 @@ def normalized_clip_targets(features: np.ndarray) -> Tensor:
     t = F.normalize(t, dim=-1)
     s, h, w, d = t.shape
     return t.permute(1, 2, 0, 3).reshape(h * w, s, d).to(torch.float16)
+
+
+def voxel_consensus(
+    xyz: Tensor, weights: Tensor, values: Tensor, aabb: Tensor, resolution, eps: float = 1e-8
+) -> Tensor:
+    """Per-ray values pooled across rays in a voxel grid: what every ray that reaches a point says about it.
+
+    Each ray's value is splatted into the voxels of its samples with the samples' compositing weights; a
+    voxel's value is the weighted mean of what reached it; each ray then reads back the weighted mean of its
+    samples' voxels. Rays from many views that end on the same surface thus share one value, so evidence
+    that one view alone shows (or misses) is outvoted by the others. A ray without weight keeps its own.
+
+    Args:
+        xyz: ``[R, K, 3]`` sample positions in the frame of ``aabb``.
+        weights: ``[R, K]`` compositing weights (0 for padding).
+        values: ``[R, C]`` per-ray values (any float dtype; pooled in float32).
+        aabb: ``[2, 3]`` box the grid spans; samples outside are clamped to its border voxels.
+        resolution: voxels per axis ``(G_x, G_y, G_z)``.
+        eps: smallest weight that counts.
+
+    Returns:
+        ``[R, C]`` float32 pooled values.
+    """
+    res = torch.as_tensor(list(resolution), dtype=torch.long)
+    lo, hi = aabb[0].float(), aabb[1].float()
+    cell = ((xyz.float() - lo) / (hi - lo) * res).long()
+    cell = torch.minimum(cell.clamp_min(0), res - 1)  # [R, K, 3]
+    flat = (cell[..., 2] * res[1] + cell[..., 1]) * res[0] + cell[..., 0]  # [R, K]
+    # Only the voxels that samples reach are stored (a dense grid at the field's resolution can hold 10^7).
+    occupied, slot = torch.unique(flat.reshape(-1), return_inverse=True)
+    slot = slot.reshape(flat.shape)  # [R, K]
+    n_c = values.shape[-1]
+    w = weights.float()
+    vals = values.float()
+    num = torch.zeros(len(occupied), n_c).index_add_(
+        0, slot.reshape(-1), (w[..., None] * vals[:, None, :]).reshape(-1, n_c)
+    )
+    den = torch.zeros(len(occupied)).index_add_(0, slot.reshape(-1), w.reshape(-1))
+    voxel = num / den.clamp_min(eps)[:, None]  # [V_occupied, C]
+    total = w.sum(1)  # [R]
+    pooled = (w[..., None] * voxel[slot]).sum(1) / total.clamp_min(eps)[:, None]
+    return torch.where((total > eps)[:, None], pooled, vals)

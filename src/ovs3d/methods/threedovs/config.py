@@ -74,6 +74,22 @@ class SemanticConfig:
     ray_balance_power: float = field(default=1.0, metadata=rule(ge=0))
     """Exponent γ of the balanced draws: a ray's weight is (size of its pseudo-class)^-γ; 1 gives every
     pseudo-class the same share, 0 is uniform."""
+    balance_classes: Literal["view", "consensus"] = "view"
+    """Where the balanced draws' pseudo-classes come from. ``view``: each ray's own view (argmax of that view's
+    normalised relevancy). ``consensus`` (ours): that relevancy pooled over every training ray that reaches the
+    same voxel of the reconstruction (the field's grid), so a pseudo-class is what all views that see a point
+    say, and one view's mistake on a small object is not drawn as often as a whole wall. Measured on the
+    validation scenes: no better than ``view`` (bench/RESULTS.md §4, round 3), so off."""
+    rda_targets: Literal["view", "consensus"] = "view"
+    """RDA's per-scale relevancy targets. ``view``: min–max normalised per view (the paper's and the code's).
+    ``consensus`` (ours): pooled across views in the reconstruction's voxels as for ``balance_classes``, then
+    min–max normalised per view again. Measured on the validation scenes: level with ``view`` (0.733 against
+    0.735 over 8 scenes, bench/RESULTS.md §4, round 3), so off."""
+    selection_temperature: float = field(default=1.0, metadata=rule(gt=0))
+    """Temperature of the Selection Volume's softmax over its rendered sigmoids. 1 = the paper's and the code's:
+    every scale's weight then stays within [0.16, 0.58] for 3 scales, so no scale is ever chosen alone;
+    below 1 one scale can win (ours). 0.25 was level with 1 on the validation scenes (0.738 against 0.735
+    over 8 scenes, bench/RESULTS.md §4, round 3), so 1 stays."""
     use_fda: bool = True
     """Feature-Distribution Alignment (ablation: False)."""
     fda_rebalance: bool = True
@@ -107,6 +123,9 @@ LEGACY_SETTINGS: dict = {
     "ray_sampling": "uniform",
     "ray_balance_power": 1.0,
     "semantic_components": (0, 0, 0),
+    "balance_classes": "view",
+    "rda_targets": "view",
+    "selection_temperature": 1.0,
 }
 """What settings added later meant before they existed: a run stored without them is read with these
 (``ThreeDOVS.legacy_settings``)."""

@@ -28,7 +28,7 @@ from ovs3d.field.trained import TrainedField
 from ovs3d.foundation.features import clip_features, dino_features
 from ovs3d.io.scene import Scene
 from ovs3d.methods.base import SemanticMethod, semantic_checkpoint
-from ovs3d.methods.targets import normalized_clip_targets, patch_indices
+from ovs3d.methods.targets import normalized_clip_targets, patch_indices, voxel_consensus
 from ovs3d.methods.threedovs.config import LEGACY_SETTINGS, SemanticConfig
 from ovs3d.render.cached import RaySamples, render_semantic_samples, top_samples, view_pixel_samples, view_token_samples
 from ovs3d.utils.files import load_checkpoint
@@ -110,6 +110,17 @@ def balanced_ray_weights(
     return class_balanced_weights(pseudo_classes(relevancy, scale_prior), relevancy.shape[-1], power)
 
 
+def consensus_relevancy(pixels: RaySamples, relevancy: Tensor, trained: TrainedField) -> Tensor:
+    """``[R, S, C]`` per-view relevancies ``[R, S, C]`` of the pixel rays pooled across views in the voxels of
+    the reconstruction's grid (:func:`~ovs3d.methods.targets.voxel_consensus`)."""
+    field = trained.field
+    r, s, c = relevancy.shape
+    pooled = voxel_consensus(
+        pixels.xyz, pixels.weights, relevancy.reshape(r, s * c), field.aabb.cpu(), field.grid_resolution
+    )
+    return pooled.reshape(r, s, c)
+
+
 def needs_dino(scfg) -> bool:
     """Whether the semantic stage reads DINO features (FDA, or the DINO scale prior of the selection)."""
     return scfg.use_fda or scfg.selection_prior == "dino"
@@ -176,9 +187,18 @@ def prepare_data(
     if scfg.selection_prior == "dino":
         scale_prior = _dino_scale_prior(scene, fcfg, scfg, dfeats, dino, views, feats.view_ids)
     relevancy = torch.cat(rels)  # [R_p, S, C]
+    consensus = None
+    if "consensus" in (scfg.balance_classes, scfg.rda_targets):
+        consensus = consensus_relevancy(pixels, relevancy, trained)
     ray_weights = None
     if scfg.ray_sampling == "balanced":
-        ray_weights = balanced_ray_weights(relevancy, scale_prior, scfg.ray_balance_power)
+        balance_from = consensus if scfg.balance_classes == "consensus" else relevancy
+        ray_weights = balanced_ray_weights(balance_from, scale_prior, scfg.ray_balance_power)
+    if scfg.rda_targets == "consensus":
+        n_views = len(feats.view_ids)
+        relevancy = L.minmax_normalize(consensus.reshape(n_views, -1, *consensus.shape[1:]), dims=(1,)).reshape(
+            consensus.shape
+        )
     if scfg.use_fda:
         dino_t = torch.cat(
             [
@@ -366,7 +386,7 @@ class ThreeDOVS(SemanticMethod):
         idx = self.draw_rays(generator)
         batch = data.pixels.index(idx).to(self.device)
         out = render_semantic_samples(self.trained, self.heads, batch, with_select=True, with_rgb=joint)
-        selection = L.selection_softmax(out["select_raw"])  # [B, S]
+        selection = L.selection_softmax(out["select_raw"], cfg.selection_temperature)  # [B, S]
         target = L.selected_features(data.clip_targets[idx].to(self.device).float(), selection)
         loss = L.feature_loss(out["features"], target)
         parts = {"feat": loss.detach()}
@@ -432,7 +452,7 @@ class ThreeDOVS(SemanticMethod):
             s = s.to(self.trained.device)
             o = render_semantic_samples(self.trained, self.heads, s, with_select=True, with_rgb=True)
             outs["features"].append(o["features"].cpu())
-            outs["selection"].append(L.selection_softmax(o["select_raw"]).cpu())
+            outs["selection"].append(L.selection_softmax(o["select_raw"], self.cfg.selection_temperature).cpu())
             outs["rgb"].append(o["rgb"].clamp(0, 1).cpu())
             outs["depth"].append(s.depth.cpu())
             outs["acc"].append(s.weights.sum(1).cpu())
