@@ -138,6 +138,8 @@ def test_variants_set_what_they_name(tmp_path):
     assert combo.semantic.rda_mode == "paper" and not combo.semantic.use_fda and combo.semantic.fda_w_pos == 0.0
     assert combo.features.dino_downscale == 0.5 and base.features.dino_downscale == 1.0  # copies, not edits
     assert with_ablation(base, "single_scale").features.pixel_clip.patch_divisors == (7,)
+    assert not with_ablation(base, "no_selection").semantic.use_selection and base.semantic.use_selection
+    assert with_ablation(base, "no_neg").semantic.fda_w_neg == 0.0
     with pytest.raises(ValueError, match="no field"):
         with_ablation(base, "semantic.not_a_field=1")
     with pytest.raises(ValueError, match="unknown ablation"):
@@ -291,3 +293,25 @@ def test_consensus_relevancy_gives_rays_ending_in_the_same_voxels_one_value(tiny
     assert not torch.allclose(got[:n][hit], rel[:n][hit])  # one view's own value is outvoted
     flat = torch.full((2 * n, 3, 5), 0.25)
     torch.testing.assert_close(consensus_relevancy(both, flat, trained), flat)
+
+
+def test_without_the_selection_volume_the_targets_are_the_scale_average(tiny_scene_dir, tmp_path):
+    """Tab. 4's "w/o Selection Volume": the feature target is the normalised mean of the scales' features, RDA's
+    the mean relevancy, and the Selection Volume receives no gradient."""
+    m = _method_on_random_targets(tiny_scene_dir, tmp_path, use_selection=False)
+    m.data.scale_prior = None
+    g = torch.Generator().manual_seed(0)
+    loss, parts = m.loss(0, g)
+    idx = m.draw_rays(torch.Generator().manual_seed(0))
+    batch = m.data.pixels.index(idx)
+    out = render_samples(m.trained, m.heads, batch, with_select=False, with_rgb=False)
+    mean_target = torch.nn.functional.normalize(m.data.clip_targets[idx].float().mean(1), dim=-1)
+    torch.testing.assert_close(parts["feat"], L.feature_loss(out["features"], mean_target))
+    rel = m.data.relevancy[idx].float().mean(1)
+    logits = L.segmentation_logits(out["features"], m.text, normalize=False)
+    torch.testing.assert_close(parts["rda"], L.rda_loss(logits, rel, mode="code"))
+    loss.backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.heads.grid_parameters())
+    assert m.render_rays(*view_rays(load_scene(tiny_scene_dir), 0, 8.0), 0.0)["selection"].unique().tolist() == [
+        pytest.approx(1 / 3)
+    ]

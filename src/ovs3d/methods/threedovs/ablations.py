@@ -12,6 +12,7 @@ def with_ablation(cfg, name: str):
 
     Table 2: ``full`` (the library defaults), ``no_rda``, ``no_fda``, ``no_rebalance``, ``single_scale``
     (the s/7 patch only), ``half_views`` (CLIP features on 50% of the views), ``tenth_views`` (10%).
+    Table 4: ``no_selection`` (scales averaged, no Selection Volume), ``no_neg`` (FDA without ``neg_F``).
     ``previous``: the library defaults before issue 8 (settings added since are off).
     Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200, uniform ray draws),
     ``reference`` (the official code's: unnormalised-feature RDA at weight 1, pairwise KL in FDA, λ_pos 200,
@@ -52,6 +53,10 @@ def with_ablation(cfg, name: str):
         return replace(cfg, semantic=replace(sem, use_rda=False))
     if name == "no_fda":
         return replace(cfg, semantic=replace(sem, use_fda=False))
+    if name == "no_selection":  # Tab. 4: the multi-scale targets averaged instead of selected
+        return replace(cfg, semantic=replace(sem, use_selection=False))
+    if name == "no_neg":  # Tab. 4: FDA without its dissimilar-pair part neg_F
+        return replace(cfg, semantic=replace(sem, fda_w_neg=0.0))
     if name == "no_rebalance":
         return replace(cfg, semantic=replace(sem, fda_rebalance=False))
     if name == "single_scale":
@@ -108,6 +113,8 @@ ABLATIONS = (
     "no_rda",
     "no_fda",
     "no_rebalance",
+    "no_selection",
+    "no_neg",
     "single_scale",
     "half_views",
     "tenth_views",

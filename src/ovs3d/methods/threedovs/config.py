@@ -85,6 +85,9 @@ class SemanticConfig:
     ``consensus`` (ours): pooled across views in the reconstruction's voxels as for ``balance_classes``, then
     min–max normalised per view again. Measured on the validation scenes: level with ``view`` (0.733 against
     0.735 over 8 scenes, bench/RESULTS.md §4, round 3), so off."""
+    use_selection: bool = True
+    """The Selection Volume (Eq. 2–3). False (the paper's Tab. 4 "w/o Selection Volume"): every ray's feature
+    and RDA targets are the plain average over the scales."""
     selection_temperature: float = field(default=1.0, metadata=rule(gt=0))
     """Temperature of the Selection Volume's softmax over its rendered sigmoids. 1 = the paper's and the code's:
     every scale's weight then stays within [0.16, 0.58] for 3 scales, so no scale is ever chosen alone;

@@ -338,13 +338,19 @@ class ThreeDOVS(SemanticMethod):
             return torch.multinomial(data.ray_weights, cfg.batch_size, replacement=True, generator=generator)
         return torch.randint(0, len(data.pixels), (cfg.batch_size,), generator=generator)
 
+    def selection(self, out: dict[str, Tensor], n_rays: int) -> Tensor:
+        """``[R, S]`` scale weights of rendered rays: the Selection Volume's softmax, or uniform without it."""
+        if not self.cfg.use_selection:
+            return torch.full((n_rays, self.n_scales), 1.0 / self.n_scales, device=self.device)
+        return L.selection_softmax(out["select_raw"], self.cfg.selection_temperature)
+
     def method_losses(
         self, out: dict[str, Tensor], selection: Tensor, idx: Tensor, step: int, generator: torch.Generator
     ) -> dict[str, tuple[float, Tensor]]:
         """This method's terms on the pixel batch: name -> (weight, loss). 3D-OVS: the DINO scale prior
         (optional) and RDA (Eq. 5–8)."""
         cfg, data, terms = self.cfg, self.data, {}
-        if data.scale_prior is not None and cfg.selection_prior_weight > 0:
+        if data.scale_prior is not None and cfg.selection_prior_weight > 0 and cfg.use_selection:
             preferred = data.scale_prior[idx].to(self.device)
             loss_sel = -torch.log(selection.gather(1, preferred[:, None]).clamp_min(1e-12)).mean()
             terms["sel"] = (cfg.selection_prior_weight, loss_sel)
@@ -385,8 +391,8 @@ class ThreeDOVS(SemanticMethod):
         joint = step >= cfg.joint_start
         idx = self.draw_rays(generator)
         batch = data.pixels.index(idx).to(self.device)
-        out = render_semantic_samples(self.trained, self.heads, batch, with_select=True, with_rgb=joint)
-        selection = L.selection_softmax(out["select_raw"], cfg.selection_temperature)  # [B, S]
+        out = render_semantic_samples(self.trained, self.heads, batch, with_select=cfg.use_selection, with_rgb=joint)
+        selection = self.selection(out, len(idx))  # [B, S]
         target = L.selected_features(data.clip_targets[idx].to(self.device).float(), selection)
         loss = L.feature_loss(out["features"], target)
         parts = {"feat": loss.detach()}
@@ -452,7 +458,7 @@ class ThreeDOVS(SemanticMethod):
             s = s.to(self.trained.device)
             o = render_semantic_samples(self.trained, self.heads, s, with_select=True, with_rgb=True)
             outs["features"].append(o["features"].cpu())
-            outs["selection"].append(L.selection_softmax(o["select_raw"], self.cfg.selection_temperature).cpu())
+            outs["selection"].append(self.selection(o, len(s)).cpu())
             outs["rgb"].append(o["rgb"].clamp(0, 1).cpu())
             outs["depth"].append(s.depth.cpu())
             outs["acc"].append(s.weights.sum(1).cpu())
