@@ -236,3 +236,24 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path: Path):
     assert remove_stale_temps(tmp_path) == 0  # not below the folder unless asked
     assert remove_stale_temps(tmp_path, recursive=True) == 1
     assert not dead.exists() and alive.exists() and other.exists() and plain.exists()
+
+
+def test_stale_temporary_folders_go_with_their_contents_and_only_matching_names(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ovs3d.utils.files import HOST, remove_stale_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".scene.tmp-{dead.pid}@{HOST}-ab12"  # a killed scene write
+    (left / "images").mkdir(parents=True)
+    (left / "images" / f".x.png.tmp-{dead.pid}@{HOST}-cd34").write_text("partial")  # inside it: goes with it
+    other = tmp_path / f".other.tmp-{dead.pid}@{HOST}-ef56"
+    other.mkdir()
+    alive = tmp_path / f".scene.tmp-{os.getpid()}@{HOST}-gh78"  # a running writer's: kept
+    alive.mkdir()
+    assert remove_stale_temps(tmp_path, recursive=True, pattern=".scene.tmp-*") == 1
+    assert not left.exists() and other.exists() and alive.exists()
+    assert remove_stale_temps(tmp_path) == 1 and not other.exists() and alive.exists()

@@ -76,7 +76,7 @@ from ovs3d.errors import OVS3DError
 from ovs3d.io.loader import write_poses_bounds, write_transforms_json
 from ovs3d.utils.console import Work, note, progress
 from ovs3d.utils.console import stage as console_stage
-from ovs3d.utils.files import abandoned_by, owner_tag
+from ovs3d.utils.files import owner_tag, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +144,8 @@ _EXIF_MAKE, _EXIF_MODEL, _EXIF_IFD, _EXIF_FOCAL = 0x010F, 0x0110, 0x8769, 0x920A
 def _remove_abandoned_imports(out: Path) -> None:
     """Delete the temporary folders of imports into ``out`` whose process (of this machine) is gone: what a
     hard kill (SIGKILL, a crash) left; an interrupted import removes its own."""
-    for p in out.parent.glob(f".{out.name}.import.tmp-*"):
-        if p.is_dir() and abandoned_by(p.name):
-            shutil.rmtree(p, ignore_errors=True)
-            note(f"removed {p.name}: the temporary folder of an import that was killed outright")
+    if removed := remove_stale_temps(out.parent, pattern=f".{out.name}.import.tmp-*"):
+        note(f"removed {removed} temporary folder(s) of an import into {out.name} that was killed outright")
 
 
 def import_scene(

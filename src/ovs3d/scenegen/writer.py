@@ -1,8 +1,8 @@
 """Writing generated scene folders safely (SPEC §1 layout).
 
-A scene is written into a hidden temporary folder beside the destination (``.<name>.tmp-XXXX``) and
-renamed into place only once every file is there, so a crash never leaves a half-written folder under
-the requested name. An existing destination is replaced only when it is empty or is itself a scene
+A scene is written into a hidden temporary folder beside the destination (``.<name>.tmp-<pid>@<host>-XXXX``)
+and renamed into place only once every file is there, so a crash never leaves a half-written folder under
+the requested name; the next write of that scene removes a folder whose writer was killed outright. An existing destination is replaced only when it is empty or is itself a scene
 written by :mod:`ovs3d.scenegen` (recognised by ``sim/instances.json``); anything else is refused.
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from ovs3d.errors import OVS3DError
 from ovs3d.io.conventions import opencv_to_llff
+from ovs3d.utils.files import owner_tag, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def scene_folder(out: Path) -> Iterator[Path]:
     out = Path(out)
     check_destination(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temps(out.parent, pattern=f".{out.name}.tmp-*")  # what a hard-killed earlier write left
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{owner_tag()}-", dir=out.parent))
     try:
         yield tmp
         check_destination(out)  # it may have changed while we were rendering

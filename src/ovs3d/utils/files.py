@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -63,29 +64,39 @@ def abandoned_by(name: str) -> bool:
     return not pid_alive(int(m.group("pid")))
 
 
-def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
-    """Delete the temporary files that writers killed outright (SIGKILL, a crash) left in ``folder``.
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False, pattern: str = ".*.tmp-*") -> int:
+    """Delete the temporary files and folders that writers killed outright (SIGKILL, a crash) left in ``folder``.
 
-    Only hidden files named by :func:`atomic_path` whose writer process of this machine is gone are removed.
+    Only hidden entries whose name says they are temporary (``.tmp-<pid>@<host>-``, as :func:`atomic_path`,
+    the feature cache, scene writes and imports name theirs) and whose writer process of this machine is gone
+    are removed; a folder goes with everything in it.
 
     Args:
         folder: where to look.
         recursive: also in every folder below.
+        pattern: glob of the names to consider (e.g. ``".scene.import.tmp-*"`` for one writer's folders).
 
     Returns:
-        How many files were removed.
+        How many files and folders were removed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
-    for p in folder.rglob(".*.tmp-*") if recursive else folder.glob(".*.tmp-*"):
-        if p.is_file() and abandoned_by(p.name):
-            with contextlib.suppress(FileNotFoundError):
+    found = sorted(folder.rglob(pattern) if recursive else folder.glob(pattern))  # parents before children
+    gone: list[Path] = []
+    for p in found:
+        if any(p.is_relative_to(g) for g in gone) or not abandoned_by(p.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
                 p.unlink()
-                removed += 1
+            gone.append(p)
+            removed += 1
     if removed:
-        logger.info("%s: removed %d temporary file(s) of an interrupted run", folder, removed)
+        logger.info("%s: removed %d temporary file(s) or folder(s) of an interrupted run", folder, removed)
     return removed
 
 
