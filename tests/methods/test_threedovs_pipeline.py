@@ -138,6 +138,7 @@ def test_variants_set_what_they_name(tmp_path):
     assert combo.semantic.rda_mode == "paper" and not combo.semantic.use_fda and combo.semantic.fda_w_pos == 0.0
     assert combo.features.dino_downscale == 0.5 and base.features.dino_downscale == 1.0  # copies, not edits
     assert with_ablation(base, "single_scale").features.pixel_clip.patch_divisors == (7,)
+    assert with_ablation(base, "smallest_scale").features.pixel_clip.patch_divisors == (10,)
     assert not with_ablation(base, "no_selection").semantic.use_selection and base.semantic.use_selection
     assert with_ablation(base, "no_neg").semantic.fda_w_neg == 0.0
     with pytest.raises(ValueError, match="no field"):

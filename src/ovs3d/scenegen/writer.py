@@ -2,8 +2,9 @@
 
 A scene is written into a hidden temporary folder beside the destination (``.<name>.tmp-<pid>@<host>-XXXX``)
 and renamed into place only once every file is there, so a crash never leaves a half-written folder under
-the requested name; the next write of that scene removes a folder whose writer was killed outright. An existing destination is replaced only when it is empty or is itself a scene
-written by :mod:`ovs3d.scenegen` (recognised by ``sim/instances.json``); anything else is refused.
+the requested name; the next write of that scene removes a folder whose writer was killed outright. An
+existing destination is replaced only when it is empty or is itself a scene written by :mod:`ovs3d.scenegen`
+(recognised by ``sim/instances.json``); anything else is refused.
 """
 
 from __future__ import annotations

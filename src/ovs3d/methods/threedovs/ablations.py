@@ -12,6 +12,8 @@ def with_ablation(cfg, name: str):
 
     Table 2: ``full`` (the library defaults), ``no_rda``, ``no_fda``, ``no_rebalance``, ``single_scale``
     (the s/7 patch only), ``half_views`` (CLIP features on 50% of the views), ``tenth_views`` (10%).
+    ``smallest_scale``: the smallest window of the configured scales only (issue 8: the 2D baseline at that
+    scale beats the three scales on every validation scene).
     Table 4: ``no_selection`` (scales averaged, no Selection Volume), ``no_neg`` (FDA without ``neg_F``).
     ``previous``: the library defaults before issue 8 (settings added since are off).
     Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200, uniform ray draws),
@@ -61,6 +63,9 @@ def with_ablation(cfg, name: str):
         return replace(cfg, semantic=replace(sem, fda_rebalance=False))
     if name == "single_scale":
         return replace(cfg, features=replace(feat, pixel_clip=replace(feat.pixel_clip, patch_divisors=(7,))))
+    if name == "smallest_scale":
+        smallest = max(feat.pixel_clip.patch_divisors)  # window side is min(H, W) // d
+        return replace(cfg, features=replace(feat, pixel_clip=replace(feat.pixel_clip, patch_divisors=(smallest,))))
     if name == "half_views":
         return replace(cfg, features=replace(feat, views_fraction=0.5))
     if name == "tenth_views":
@@ -116,6 +121,7 @@ ABLATIONS = (
     "no_selection",
     "no_neg",
     "single_scale",
+    "smallest_scale",
     "half_views",
     "tenth_views",
     "rda_w5",
