@@ -316,3 +316,23 @@ def test_without_the_selection_volume_the_targets_are_the_scale_average(tiny_sce
     assert m.render_rays(*view_rays(load_scene(tiny_scene_dir), 0, 8.0), 0.0)["selection"].unique().tolist() == [
         pytest.approx(1 / 3)
     ]
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_feature_detach_selection_leaves_the_selection_to_rda(tiny_scene_dir, tmp_path, detach):
+    # Feature loss only: the Selection Volume learns from it unless detached.
+    m = _method_on_random_targets(
+        tiny_scene_dir, tmp_path, feature_detach_selection=detach, use_rda=False, use_fda=False
+    )
+    m.data.scale_prior = None
+    loss, parts = m.loss(0, torch.Generator().manual_seed(0))
+    assert set(parts) == {"feat"}
+    loss.backward()
+    select_grad = m.heads.select_planes[0].grad
+    assert (select_grad is None or select_grad.abs().sum() == 0) == detach
+    assert m.heads.feature_mlp[0].weight.grad.abs().sum() > 0  # the feature head still learns
+    # With RDA the selection still learns, through RDA's target.
+    m2 = _method_on_random_targets(tiny_scene_dir, tmp_path / "b", feature_detach_selection=detach, use_fda=False)
+    m2.data.scale_prior = None
+    m2.loss(0, torch.Generator().manual_seed(0))[0].backward()
+    assert m2.heads.select_planes[0].grad.abs().sum() > 0

@@ -58,6 +58,10 @@ class SemanticConfig:
     rda_detach_selection: bool = False
     """Stop RDA's gradient from reaching the Selection Volume through its target ``Σ_s S_s R̄_s``. False = the
     official code (the target may then move towards the prediction instead of the reverse)."""
+    feature_detach_selection: bool = False
+    """Stop the feature loss's gradient (Eq. 3) from reaching the Selection Volume, which then learns only from
+    RDA (and the scale prior). False = the paper and the code: the feature loss drives the selection towards the
+    largest window, whose smooth features are the easiest to match (issue 8, §4 of bench/RESULTS.md)."""
     selection_prior: Literal["none", "dino"] = "none"
     """``dino``: teach the Selection Volume the scale DINO says fits each pixel's object (the largest Alg. 1
     window that is mostly the pixel's own DINO segment, else the smallest; ours, not the paper's). ``none``:
@@ -122,6 +126,7 @@ class SemanticConfig:
 LEGACY_SETTINGS: dict = {
     "rda_temperature": 1.0,
     "rda_detach_selection": False,
+    "feature_detach_selection": False,
     "selection_prior": "none",
     "ray_sampling": "uniform",
     "ray_balance_power": 1.0,

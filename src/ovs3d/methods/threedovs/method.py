@@ -393,7 +393,8 @@ class ThreeDOVS(SemanticMethod):
         batch = data.pixels.index(idx).to(self.device)
         out = render_semantic_samples(self.trained, self.heads, batch, with_select=cfg.use_selection, with_rgb=joint)
         selection = self.selection(out, len(idx))  # [B, S]
-        target = L.selected_features(data.clip_targets[idx].to(self.device).float(), selection)
+        feature_selection = selection.detach() if cfg.feature_detach_selection else selection
+        target = L.selected_features(data.clip_targets[idx].to(self.device).float(), feature_selection)
         loss = L.feature_loss(out["features"], target)
         parts = {"feat": loss.detach()}
         for name, (weight, term) in self.method_losses(out, selection, idx, step, generator).items():

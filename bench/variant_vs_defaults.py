@@ -1,0 +1,83 @@
+"""Per-scene table of one 3D-OVS variant against the defaults, with the 2D baselines and lost labels.
+
+The variant's records come from ``--results``; the defaults' record of a scene is taken from the same file
+when it holds one (``<scene>/3dovs/full``), else from ``--reference`` under the given name, but only when that
+record was measured on the same scene (the same labels and the same min–max 2D baseline: scene generators
+change between versions). "Lost" = labels with 2D min–max IoU ≥ 0.3 that end below 0.5 (issue 8).
+
+Usage::
+
+    python bench/variant_vs_defaults.py --results bench/out/val/results.jsonl --variant smallest_scale \\
+        --reference bench/results/issue8-results.jsonl --protocol 3dovs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--variant", required=True)
+    ap.add_argument("--reference", type=Path, default=None, help="older records holding the defaults' runs")
+    ap.add_argument("--reference-names", nargs="+", default=["semantic.ray_sampling=balanced", "full"])
+    ap.add_argument("--protocol", default="3dovs", help="3dovs or holdout (the records' name segment)")
+    args = ap.parse_args()
+
+    new = _records(args.results)
+    ref = _records(args.reference) if args.reference else []
+    seg = args.protocol  # records are named <scene>/<3dovs|holdout>/<variant>
+
+    def find(recs, scene, suffix):
+        hits = [r for r in recs if r["name"] == f"{scene}/{suffix}"]
+        return hits[-1] if hits else None
+
+    print(
+        f"| scene | 2D raw | 2D min–max | 2D min–max smallest | defaults | `{args.variant}` | Δ | Δ vs min–max | lost |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for rec in new:
+        if not rec["name"].endswith(f"/{seg}/{args.variant}"):
+            continue
+        scene = rec["name"][: -len(f"/{seg}/{args.variant}")]
+        mm = find(new, scene, "baseline-minmax")
+        raw, s2 = find(new, scene, "baseline"), find(new, scene, "baseline-minmax-scale2")
+        default = find(new, scene, f"{seg}/full")
+        if default is None:
+            for name in args.reference_names:
+                old, old_mm = find(ref, scene, f"{seg}/{name}"), find(ref, scene, "baseline-minmax")
+                same = old_mm and sorted(old_mm["iou"]) == sorted(mm["iou"]) and abs(old_mm["miou"] - mm["miou"]) < 1e-6
+                if old is not None and same:
+                    default = old
+                    break
+
+        def lost(r, mm=mm):
+            return sum(1 for c, v in r["iou"].items() if v is not None and mm["iou"][c] >= 0.3 and v < 0.5)
+
+        d = default["miou"] if default else float("nan")
+        lost_d = lost(default) if default else "?"
+        print(
+            f"| {scene} | {raw['miou']:.3f} | {mm['miou']:.3f} | {s2['miou']:.3f} | {d:.3f} | {rec['miou']:.3f} | "
+            f"{rec['miou'] - d:+.3f} | {rec['miou'] - mm['miou']:+.3f} | {lost_d} → {lost(rec)} |"
+        )
+        rows.append([raw["miou"], mm["miou"], s2["miou"], d, rec["miou"]])
+    if rows:
+        m = np.nanmean(np.array(rows, float), axis=0)
+        print(
+            f"| mean ({len(rows)}) | {m[0]:.3f} | {m[1]:.3f} | {m[2]:.3f} | {m[3]:.3f} | {m[4]:.3f} | "
+            f"{m[4] - m[3]:+.3f} | {m[4] - m[1]:+.3f} | |"
+        )
+
+
+if __name__ == "__main__":
+    main()
