@@ -388,3 +388,37 @@ def test_hard_case_options_are_validated():
         TabletopConfig(n_small=(3, 1)).validate()
     with pytest.raises(OVS3DError, match="small_touch_prob"):
         TabletopConfig(small_touch_prob=1.5).validate()
+
+
+# The benchmark's hard scene sets (bench/bench_3dovs.py SCENE_SETS) with hub labels: their records in
+# bench/results were measured on these scenes, and a change to the label pools once re-drew them silently.
+PINNED_HARD_SCENES = [
+    (
+        1001,
+        {"width": 160, "height": 120, "n_small": (2, 2), "hub_labels": 2},
+        ["a bagel", "a beige mug", "a cookie", "a dice", "a gift box", "a kiwi fruit", "a lavender bar of soap"]
+        + ["a wooden block", "green grape", "lime wall", "wooden table"],
+    ),
+    (
+        1002,
+        {"width": 240, "height": 180, "n_small": (3, 4), "small_touch_prob": 1.0, "small_confused": True}
+        | {"hub_labels": 1},
+        ["a black chess pawn", "a blue rubber ball", "a brown teddy bear", "a cardboard box", "a marshmallow"]
+        + ["a party hat", "a snow globe", "a tissue box", "a yellow sticky note pad", "an orange", "green yoga mat"]
+        + ["pink wall"],
+    ),
+    (
+        2002,
+        {"width": 240, "height": 180, "n_small": (3, 4), "small_confused": True, "hub_labels": 3}
+        | {"small_touch_prob": 1.0},
+        ["a banana", "a black chess pawn", "a golf ball", "a tennis ball", "a tissue box"]
+        + ["a yellow sticky note pad", "an egg", "lime wall", "wooden table"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("seed", "options", "labels"), PINNED_HARD_SCENES)
+def test_benchmark_hard_scenes_keep_their_labels(seed, options, labels):
+    """If this fails on purpose (new pools or draws), re-run the hard sets' benchmark records with it."""
+    scene = tt.build_tabletop(TabletopConfig(seed=seed, **options))
+    assert sorted(set(scene.labels.values())) == labels
