@@ -31,14 +31,13 @@ from ovs3d.eval.metrics import aggregate, segmentation_view_metrics
 from ovs3d.foundation.features import FeatureConfig, clip_features
 from ovs3d.foundation.registry import build_clip, resolve_spec
 from ovs3d.io.loader import load_scene
+from ovs3d.losses import minmax_normalize
 
 
 def scale_relevancy(features: np.ndarray, text: torch.Tensor) -> torch.Tensor:
-    """``[S, H, W, C]`` relevancy of each scale, min–max normalised over the view per scale and label."""
+    """``[S, H, W, C]`` relevancy of each scale, min–max normalised over the view per scale and label (Eq. 7)."""
     f = F.normalize(torch.from_numpy(np.asarray(features, dtype=np.float32)), dim=-1)  # [S, H, W, D]
-    rel = f @ text.T
-    lo, hi = rel.amin(dim=(1, 2), keepdim=True), rel.amax(dim=(1, 2), keepdim=True)
-    return (rel - lo) / (hi - lo).clamp_min(1e-6)
+    return minmax_normalize(f @ text.T, dims=(1, 2))
 
 
 def choose(rel: torch.Tensor, rule: str) -> np.ndarray:

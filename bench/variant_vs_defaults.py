@@ -14,14 +14,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+from method_table import records  # bench/ is the script's folder
 
 
 def main() -> None:
@@ -33,8 +30,8 @@ def main() -> None:
     ap.add_argument("--protocol", default="3dovs", help="3dovs or holdout (the records' name segment)")
     args = ap.parse_args()
 
-    new = _records(args.results)
-    ref = _records(args.reference) if args.reference else []
+    new = records(args.results)
+    ref = records(args.reference) if args.reference else []
     seg = args.protocol  # records are named <scene>/<3dovs|holdout>/<variant>
 
     def find(recs, scene, suffix):

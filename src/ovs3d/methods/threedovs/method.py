@@ -457,7 +457,7 @@ class ThreeDOVS(SemanticMethod):
         for i in range(0, rays_o.shape[0], chunk):
             s = top_samples(self.trained, rays_o[i : i + chunk], rays_d[i : i + chunk], near, self.cfg.samples_per_ray)
             s = s.to(self.trained.device)
-            o = render_semantic_samples(self.trained, self.heads, s, with_select=True, with_rgb=True)
+            o = render_semantic_samples(self.trained, self.heads, s, with_select=self.cfg.use_selection, with_rgb=True)
             outs["features"].append(o["features"].cpu())
             outs["selection"].append(self.selection(o, len(s)).cpu())
             outs["rgb"].append(o["rgb"].clamp(0, 1).cpu())
