@@ -132,6 +132,7 @@ def test_variants_set_what_they_name(tmp_path):
     base = FitConfig(scene=tmp_path, out=tmp_path / "run")
     paper = with_ablation(base, "paper").semantic
     assert (paper.rda_mode, paper.rda_weight, paper.fda_w_pos, paper.fda_w_neg) == ("paper", 1.0, 200.0, 0.2)
+    assert paper.selection_prior == "none" and with_ablation(base, "reference").semantic.selection_prior == "none"
     ref = with_ablation(base, "reference").semantic
     assert (ref.rda_mode, ref.rda_weight, ref.fda_divergence, ref.fda_w_pos) == ("code", 1.0, "kl", 200.0)
     combo = with_ablation(base, "paper+no_fda+semantic.fda_w_pos=0.0+features.dino_downscale=0.5")
@@ -242,14 +243,16 @@ def _method_on_random_targets(scene_dir, tmp_path, **cfg):
 @pytest.mark.parametrize(
     ("settings", "first_phase", "joint_phase"),
     [
-        ({}, {"feat", "rda", "fda"}, {"feat", "rda", "fda", "rgb"}),
-        ({"use_rda": False, "use_fda": False}, {"feat"}, {"feat", "rgb"}),
+        ({}, {"feat", "sel", "rda", "fda"}, {"feat", "sel", "rda", "fda", "rgb"}),
+        ({"selection_prior": "none"}, {"feat", "rda", "fda"}, {"feat", "rda", "fda", "rgb"}),
+        ({"selection_prior": "none", "use_rda": False, "use_fda": False}, {"feat"}, {"feat", "rgb"}),
         ({"selection_prior": "dino", "rgb_weight": 0.0}, {"feat", "sel", "rda", "fda"}, {"feat", "sel", "rda", "fda"}),
+        ({"selection_prior": "agreement"}, {"feat", "sel", "rda", "fda"}, {"feat", "sel", "rda", "fda", "rgb"}),
     ],
 )
 def test_the_loss_set_follows_the_settings_and_the_phase(tiny_scene_dir, tmp_path, settings, first_phase, joint_phase):
     m = _method_on_random_targets(tiny_scene_dir, tmp_path, **settings)
-    if settings.get("selection_prior") != "dino":
+    if settings.get("selection_prior") == "none":
         m.data.scale_prior = None
     g = torch.Generator().manual_seed(0)
     loss0, parts0 = m.loss(0, g)
@@ -336,3 +339,41 @@ def test_feature_detach_selection_leaves_the_selection_to_rda(tiny_scene_dir, tm
     m2.data.scale_prior = None
     m2.loss(0, torch.Generator().manual_seed(0))[0].backward()
     assert m2.heads.select_planes[0].grad.abs().sum() > 0
+
+
+def test_prior_targets_read_the_targets_at_the_prior_scale(tiny_scene_dir, tmp_path):
+    """With ``prior_targets`` the feature loss's target is each ray's CLIP feature at its prior scale and only
+    the prior's cross-entropy trains the Selection Volume; without, the targets mix the scales."""
+    from ovs3d.losses import feature_loss
+
+    m = _method_on_random_targets(
+        tiny_scene_dir, tmp_path, selection_prior="agreement", prior_targets=True, use_rda=False, use_fda=False
+    )
+    g = torch.Generator().manual_seed(0)
+    idx = m.draw_rays(torch.Generator().manual_seed(0))
+    loss, parts = m.loss(0, g)
+    assert set(parts) == {"feat", "sel"}
+    batch = m.data.pixels.index(idx)
+    from ovs3d.render.cached import render_semantic_samples
+
+    out = render_semantic_samples(m.trained, m.heads, batch, with_select=False, with_rgb=False)
+    at_prior = (
+        m.data.clip_targets[idx]
+        .float()
+        .gather(1, m.data.scale_prior[idx][:, None, None].expand(-1, 1, m.data.clip_targets.shape[-1]))[:, 0]
+    )
+    torch.testing.assert_close(parts["feat"], feature_loss(out["features"], at_prior).detach())
+    # The feature loss alone sends no gradient to the Selection Volume; the prior's term does.
+    m.heads.zero_grad()
+    feature_loss(out["features"], at_prior).backward()
+    grad = m.heads.select_planes[0].grad
+    assert grad is None or grad.abs().sum() == 0
+    m.heads.zero_grad()
+    loss.backward()
+    assert m.heads.select_planes[0].grad.abs().sum() > 0
+    # Off: the same rays' target is the selection's mixture, not the prior's scale.
+    m_off = _method_on_random_targets(
+        tiny_scene_dir, tmp_path / "b", selection_prior="agreement", prior_targets=False, use_rda=False, use_fda=False
+    )
+    _, parts_off = m_off.loss(0, torch.Generator().manual_seed(0))
+    assert not torch.isclose(parts_off["feat"], parts["feat"])

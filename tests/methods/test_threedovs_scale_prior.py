@@ -1,11 +1,12 @@
-"""The DINO scale prior of the Selection Volume (issue 8) against simple reference implementations."""
+"""The scale priors of the Selection Volume (issue 8: DINO, cross-view agreement) against simple reference
+implementations."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ovs3d import losses as L
-from ovs3d.methods.threedovs.scale_prior import dino_purity, pixel_scale_prior, preferred_scales
+from ovs3d.methods.threedovs.scale_prior import agreement_scales, dino_purity, pixel_scale_prior, preferred_scales
 
 
 def _purity_loop(dino, radii, shift):
@@ -43,6 +44,61 @@ def test_small_segment_prefers_the_small_scale():
     prior = pixel_scale_prior(dino, (32, 32), 4.0, 1.0, 8, [12, 8, 4], shift=0.7).reshape(32, 32)
     assert prior[0, 0] == 0  # background corner: the largest window is all background
     assert (prior[15:17, 15:17] == 2).all()  # on the object: only the smallest window is mostly object
+
+
+def _rays_in_voxels(voxel_of_ray: torch.Tensor):
+    """One sample per ray at the centre of voxel ``voxel_of_ray[r]`` of a 4x1x1 grid in the unit box."""
+    aabb = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    xyz = torch.stack(
+        [
+            (voxel_of_ray.float() + 0.5) / 4,
+            torch.full_like(voxel_of_ray, 0.5, dtype=torch.float32),
+            torch.full_like(voxel_of_ray, 0.5, dtype=torch.float32),
+        ],
+        -1,
+    )[:, None]  # [R, 1, 3]
+    return xyz, torch.ones(len(voxel_of_ray), 1), aabb, (4, 1, 1)
+
+
+def _agreement_loop(relevancy, voxel_of_ray, threshold):
+    r, s, _ = relevancy.shape
+    own = relevancy.argmax(-1)
+    out = []
+    for i in range(r):
+        peers = voxel_of_ray == voxel_of_ray[i]
+        agree = [float((own[peers, k] == own[i, k]).float().mean()) for k in range(s)]
+        ok = [k for k in range(s) if agree[k] >= threshold]
+        out.append(max(ok) if ok else max(range(s), key=lambda k: agree[k]))
+    return out
+
+
+def test_agreement_prior_matches_a_loop():
+    g = torch.Generator().manual_seed(3)
+    voxel_of_ray = torch.randint(0, 4, (40,), generator=g)
+    rel = torch.rand(40, 3, 4, generator=g)
+    xyz, w, aabb, res = _rays_in_voxels(voxel_of_ray)
+    for threshold in (0.3, 0.5, 0.8):
+        got = agreement_scales(rel, xyz, w, aabb, res, threshold)
+        assert got.tolist() == _agreement_loop(rel, voxel_of_ray, threshold)
+
+
+def test_agreement_prior_takes_the_finest_window_the_views_confirm():
+    """Five views of each of two points. Point A: every scale agrees, so the finest window is taken. Point B:
+    the finest window reads a different label in every view (a small crop without context), the middle one
+    agrees, so the middle one is taken. Point C: no scale reaches a majority: the most agreed one."""
+    voxel_of_ray = torch.tensor([0] * 5 + [1] * 5 + [2] * 5)
+    labels = torch.tensor(
+        [[1, 1, 1]] * 5  # A
+        + [[0, 2, k] for k in range(5)]  # B: fine scale votes 0..4
+        + [[k % 3, [0, 0, 1, 1, 2][k], k] for k in range(5)]  # C: 2/5, 2/5 at best, 1/5
+    )
+    rel = F.one_hot(labels, 5).float()
+    xyz, w, aabb, res = _rays_in_voxels(voxel_of_ray)
+    got = agreement_scales(rel, xyz, w, aabb, res, 0.5)
+    assert got[:5].tolist() == [2] * 5
+    assert got[5:10].tolist() == [1] * 5
+    assert got[10:].tolist() == _agreement_loop(rel, voxel_of_ray, 0.5)[10:]
+    assert all(k in (0, 1) for k in got[10:].tolist())
 
 
 def test_rda_temperature_sharpens_the_target():

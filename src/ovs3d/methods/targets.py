@@ -66,11 +66,15 @@ def voxel_consensus(
     n_c = values.shape[-1]
     w = weights.float()
     vals = values.float()
-    num = torch.zeros(len(occupied), n_c).index_add_(
-        0, slot.reshape(-1), (w[..., None] * vals[:, None, :]).reshape(-1, n_c)
-    )
+    # One sample slot at a time: memory stays [R, C], not [R, K, C].
+    num = torch.zeros(len(occupied), n_c)
+    for k in range(slot.shape[1]):
+        num.index_add_(0, slot[:, k], w[:, k, None] * vals)
     den = torch.zeros(len(occupied)).index_add_(0, slot.reshape(-1), w.reshape(-1))
     voxel = num / den.clamp_min(eps)[:, None]  # [V_occupied, C]
     total = w.sum(1)  # [R]
-    pooled = (w[..., None] * voxel[slot]).sum(1) / total.clamp_min(eps)[:, None]
+    pooled = torch.zeros_like(vals)
+    for k in range(slot.shape[1]):
+        pooled += w[:, k, None] * voxel[slot[:, k]]
+    pooled /= total.clamp_min(eps)[:, None]
     return torch.where((total > eps)[:, None], pooled, vals)

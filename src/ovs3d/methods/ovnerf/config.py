@@ -23,6 +23,9 @@ class OVNeRFConfig(SemanticConfig):
 
     use_rda: bool = False
     """3D-OVS's RDA beside RSR (OV-NeRF's code has none; True adds it back)."""
+    selection_prior: Literal["none", "dino", "agreement"] = "none"
+    """As for 3D-OVS (``agreement`` is its default); OV-NeRF's numbers (bench/RESULTS.md §5) were measured
+    without a scale prior, and it has not been measured with one, so ``none`` stays here."""
     ray_sampling: Literal["uniform", "balanced"] = "balanced"
     """``balanced``: pixel rays drawn inversely to the size of their RSR pseudo-class (as our 3D-OVS default,
     with the RSR map as pseudo-class); ``uniform``: OV-NeRF's draws."""

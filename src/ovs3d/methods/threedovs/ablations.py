@@ -16,12 +16,13 @@ def with_ablation(cfg, name: str):
     scale beats the three scales on every validation scene).
     Table 4: ``no_selection`` (scales averaged, no Selection Volume), ``no_neg`` (FDA without ``neg_F``).
     ``previous``: the library defaults before issue 8 (settings added since are off).
-    Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200, uniform ray draws),
+    Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200, uniform ray draws, no scale prior),
     ``reference`` (the official code's: unnormalised-feature RDA at weight 1, pairwise KL in FDA, λ_pos 200,
-    uniform draws), ``code_rda`` / ``code_rda_w5`` / ``rda_w5`` (RDA reading and weight alone), ``kl_fda``
-    (pairwise KL in FDA). OV-NeRF (``cfg.method == "ovnerf"``): ``no_rsr``, ``no_cse``, ``cse_no_novel``,
-    ``rsr_superpixel`` (:data:`OVNERF_ABLATIONS`). Any single setting: ``"semantic.<field>=<value>"`` or
-    ``"features.<field>=<value>"``. Combine with ``+``, applied left to right: ``"paper+no_fda"``.
+    uniform draws, no scale prior), ``code_rda`` / ``code_rda_w5`` / ``rda_w5`` (RDA reading and weight
+    alone), ``kl_fda`` (pairwise KL in FDA). OV-NeRF (``cfg.method == "ovnerf"``): ``no_rsr``, ``no_cse``,
+    ``cse_no_novel``, ``rsr_superpixel`` (:data:`OVNERF_ABLATIONS`). Any single setting:
+    ``"semantic.<field>=<value>"`` or ``"features.<field>=<value>"``. Combine with ``+``, applied left to
+    right: ``"paper+no_fda"``.
     """
     if "+" in name:  # combinations, applied left to right: "code_rda_w5+no_fda"
         for part in name.split("+"):
@@ -36,13 +37,27 @@ def with_ablation(cfg, name: str):
         return replace(cfg, semantic=replace(sem, **LEGACY_SETTINGS))
     if name == "paper":  # the paper's readings and values (Eq. 4-5 cosine RDA, weight 1; lambda_pos 200)
         return replace(
-            cfg, semantic=replace(sem, rda_mode="paper", rda_weight=1.0, fda_w_pos=200.0, ray_sampling="uniform")
+            cfg,
+            semantic=replace(
+                sem,
+                rda_mode="paper",
+                rda_weight=1.0,
+                fda_w_pos=200.0,
+                ray_sampling="uniform",
+                selection_prior="none",
+            ),
         )
     if name == "reference":  # the official code's readings and values (unnormalised RDA, KL in FDA)
         return replace(
             cfg,
             semantic=replace(
-                sem, rda_mode="code", rda_weight=1.0, fda_divergence="kl", fda_w_pos=200.0, ray_sampling="uniform"
+                sem,
+                rda_mode="code",
+                rda_weight=1.0,
+                fda_divergence="kl",
+                fda_w_pos=200.0,
+                ray_sampling="uniform",
+                selection_prior="none",
             ),
         )
     if name in OVNERF_ABLATIONS:  # OV-NeRF's Table ablations (its config has these fields)

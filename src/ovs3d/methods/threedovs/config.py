@@ -62,14 +62,29 @@ class SemanticConfig:
     """Stop the feature loss's gradient (Eq. 3) from reaching the Selection Volume, which then learns only from
     RDA (and the scale prior). False = the paper and the code: the feature loss drives the selection towards the
     largest window, whose smooth features are the easiest to match (issue 8, §4 of bench/RESULTS.md)."""
-    selection_prior: Literal["none", "dino"] = "none"
-    """``dino``: teach the Selection Volume the scale DINO says fits each pixel's object (the largest Alg. 1
-    window that is mostly the pixel's own DINO segment, else the smallest; ours, not the paper's). ``none``:
-    the selection learns only from the feature loss and RDA, as in the paper and the code."""
+    selection_prior: Literal["none", "dino", "agreement"] = "agreement"
+    """Which CLIP scale each pixel ray should read (ours, not the paper's). ``agreement`` (default): the finest
+    window whose label a majority of the views that see the ray's surface point confirm
+    (``selection_agreement``), else the most confirmed one: a small window sees small objects that the larger
+    ones average away, and where a small window misreads (too little context) the views disagree and a larger
+    one takes over. With ``prior_targets`` the targets read that scale. ``dino``: the largest Alg. 1 window
+    that is mostly the pixel's own DINO segment, else the smallest. ``none``: the Selection Volume learns only
+    from the feature loss and RDA, as in the paper and the code; with the paper's softmax it keeps every scale
+    in every target, and the coarse windows' targets erase small objects (issue 8; bench/RESULTS.md §4,
+    rounds 4 and 5)."""
     selection_prior_weight: float = field(default=1.0, metadata=rule(ge=0))
     """Weight of the selection-prior loss (cross-entropy of the rendered selection to the preferred scale)."""
     selection_purity: float = field(default=0.5, metadata=rule(ge=0, le=1))
     """Share of a window that must be the pixel's own DINO segment for the window to count as fitting."""
+    prior_targets: bool = True
+    """With a ``selection_prior`` (default): the feature loss (Eq. 3) and RDA read their targets at the prior's
+    scale (one-hot) instead of through the Selection Volume's softmax, which still learns the prior (its
+    cross-entropy) for what it renders. False: the prior only teaches the Selection Volume, whose softmax
+    keeps every scale in the targets (a smaller gain; bench/RESULTS.md §4, round 5). No effect without a
+    prior."""
+    selection_agreement: float = field(default=0.5, metadata=rule(ge=0, le=1))
+    """``selection_prior="agreement"``: share of the views' pooled votes at a point that must agree with a ray's
+    own label at a scale for that scale to count as confirmed (0.5: a majority)."""
     ray_sampling: Literal["uniform", "balanced"] = "balanced"
     """``balanced`` (default, ours): each pixel ray is drawn with probability inversely proportional to the size
     of its pseudo-class (the argmax of its view's normalised relevancy), so that a label covering 0.5 % of the
@@ -134,6 +149,8 @@ LEGACY_SETTINGS: dict = {
     "balance_classes": "view",
     "rda_targets": "view",
     "selection_temperature": 1.0,
+    "prior_targets": False,
+    "selection_agreement": 0.5,
 }
 """What settings added later meant before they existed: a run stored without them is read with these
 (``ThreeDOVS.legacy_settings``)."""

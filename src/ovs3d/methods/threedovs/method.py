@@ -49,7 +49,8 @@ class SemanticData:
         dino: ``[R_d, Dd]`` DINO features of those cells.
         cell_grid: ``(n_views, h, w)`` of the DINO cells.
         text: ``[C, D]`` normalised class text features.
-        scale_prior: ``[R_p]`` int64 preferred scale of each pixel ray (``selection_prior="dino"``), else None.
+        scale_prior: ``[R_p]`` int64 preferred scale of each pixel ray (``selection_prior`` "dino" or
+            "agreement"), else None.
         ray_weights: ``[R_p]`` sampling weights of the pixel rays (``ray_sampling="balanced"``), else None.
         view_ids: the views of the pixel rays, in order (``h * w`` rays each, row-major).
         view_size: ``(w, h)`` of those views at the semantic resolution.
@@ -153,6 +154,17 @@ def _dino_scale_prior(scene: Scene, fcfg, scfg, dfeats, dino, views: list[int], 
     return prior
 
 
+def _agreement_scale_prior(pixels: RaySamples, relevancy: Tensor, trained: TrainedField, threshold: float) -> Tensor:
+    """``[R_p]`` preferred scale of every pixel ray: the finest window the other views confirm."""
+    from ovs3d.methods.threedovs.scale_prior import agreement_scales
+
+    field = trained.field
+    prior = agreement_scales(relevancy, pixels.xyz, pixels.weights, field.aabb.cpu(), field.grid_resolution, threshold)
+    shares = prior.bincount(minlength=relevancy.shape[1]) / len(prior)
+    logger.info("agreement scale prior: share of pixels per scale (largest first) %s", shares.tolist())
+    return prior
+
+
 def prepare_data(
     scene: Scene, trained: TrainedField, cfg, clip, dino, views: list[int], keep_raw_relevancy: bool = False
 ) -> SemanticData:
@@ -187,6 +199,8 @@ def prepare_data(
     if scfg.selection_prior == "dino":
         scale_prior = _dino_scale_prior(scene, fcfg, scfg, dfeats, dino, views, feats.view_ids)
     relevancy = torch.cat(rels)  # [R_p, S, C]
+    if scfg.selection_prior == "agreement":
+        scale_prior = _agreement_scale_prior(pixels, relevancy, trained, scfg.selection_agreement)
     consensus = None
     if "consensus" in (scfg.balance_classes, scfg.rda_targets):
         consensus = consensus_relevancy(pixels, relevancy, trained)
@@ -344,6 +358,14 @@ class ThreeDOVS(SemanticMethod):
             return torch.full((n_rays, self.n_scales), 1.0 / self.n_scales, device=self.device)
         return L.selection_softmax(out["select_raw"], self.cfg.selection_temperature)
 
+    def target_selection(self, selection: Tensor, idx: Tensor) -> Tensor:
+        """``[B, S]`` scale weights the targets of rays ``idx`` ``[B]`` are read with: the Selection Volume's
+        ``selection`` ``[B, S]``, or one-hot at the prior's scale (``prior_targets``)."""
+        if self.cfg.prior_targets and self.data.scale_prior is not None and self.cfg.use_selection:
+            preferred = self.data.scale_prior[idx].to(self.device)
+            return F.one_hot(preferred, selection.shape[-1]).to(selection.dtype)
+        return selection
+
     def method_losses(
         self, out: dict[str, Tensor], selection: Tensor, idx: Tensor, step: int, generator: torch.Generator
     ) -> dict[str, tuple[float, Tensor]]:
@@ -356,7 +378,7 @@ class ThreeDOVS(SemanticMethod):
             terms["sel"] = (cfg.selection_prior_weight, loss_sel)
         if cfg.use_rda and cfg.rda_weight > 0:
             logits = L.segmentation_logits(out["features"], self.text, normalize=cfg.rda_mode == "paper")
-            rda_selection = selection.detach() if cfg.rda_detach_selection else selection
+            rda_selection = self.target_selection(selection.detach() if cfg.rda_detach_selection else selection, idx)
             rel = L.relevancy_targets(data.relevancy[idx].to(self.device), rda_selection)
             loss_rda = L.rda_loss(logits, rel, mode=cfg.rda_mode, temperature=cfg.rda_temperature)
             terms["rda"] = (cfg.rda_weight, loss_rda)
@@ -393,7 +415,9 @@ class ThreeDOVS(SemanticMethod):
         batch = data.pixels.index(idx).to(self.device)
         out = render_semantic_samples(self.trained, self.heads, batch, with_select=cfg.use_selection, with_rgb=joint)
         selection = self.selection(out, len(idx))  # [B, S]
-        feature_selection = selection.detach() if cfg.feature_detach_selection else selection
+        feature_selection = self.target_selection(
+            selection.detach() if cfg.feature_detach_selection else selection, idx
+        )
         target = L.selected_features(data.clip_targets[idx].to(self.device).float(), feature_selection)
         loss = L.feature_loss(out["features"], target)
         parts = {"feat": loss.detach()}

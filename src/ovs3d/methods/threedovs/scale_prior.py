@@ -1,10 +1,13 @@
-"""A DINO prior on the Selection Volume (ours, off by default): which CLIP scale fits each pixel's object."""
+"""Priors on the Selection Volume (ours, off by default): which CLIP scale each pixel ray should read, from DINO
+(the window that fits the pixel's object) or from agreement across views (the finest window other views confirm)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ovs3d.methods.targets import voxel_consensus
 
 
 def dino_purity(dino: Tensor, radii: list[int], shift: float) -> Tensor:
@@ -95,3 +98,37 @@ def pixel_scale_prior(
     rows = ((torch.arange(h) + 0.5) * cells_per_px).long().clamp(0, gh - 1)
     cols = ((torch.arange(w) + 0.5) * cells_per_px).long().clamp(0, gw - 1)
     return best[rows[:, None], cols[None, :]].reshape(-1)
+
+
+def agreement_scales(
+    relevancy: Tensor, xyz: Tensor, weights: Tensor, aabb: Tensor, resolution, threshold: float = 0.5
+) -> Tensor:
+    """Preferred CLIP scale of every pixel ray: the finest window whose reading the other views confirm.
+
+    A small window sees a small object that a large one averages away, but a small window also has the least
+    context, so with a real CLIP it can misread plain surfaces (a tenth of a wall, upsampled). Which of the two
+    happens at a point is visible across views: each view's vote (the argmax label of its normalised relevancy
+    at that scale) is pooled over every training ray that reaches the same voxel of the reconstruction
+    (:func:`~ovs3d.methods.targets.voxel_consensus`), and a ray's agreement at a scale is the share of that pool
+    that votes as the ray does. The preferred scale is the finest one whose agreement reaches ``threshold``
+    (a majority by default); when none does, the scale with the highest agreement.
+
+    Args:
+        relevancy: ``[R, S, C]`` per-view normalised relevancies, scale 0 = largest window.
+        xyz: ``[R, K, 3]`` sample positions of the rays.
+        weights: ``[R, K]`` their compositing weights (0 for padding).
+        aabb: ``[2, 3]`` box of the voxel grid.
+        resolution: voxels per axis ``(G_x, G_y, G_z)``.
+        threshold: share of the pooled votes that must agree with the ray's own.
+
+    Returns:
+        ``[R]`` int64 scale indices.
+    """
+    r, s, c = relevancy.shape
+    own = relevancy.argmax(-1)  # [R, S]
+    votes = F.one_hot(own, c).to(torch.float32).reshape(r, s * c)
+    pooled = voxel_consensus(xyz, weights, votes, aabb, resolution).reshape(r, s, c)
+    agree = pooled.gather(-1, own[..., None])[..., 0]  # [R, S]
+    confirmed = agree >= threshold
+    finest = (s - 1) - confirmed.flip(-1).to(torch.int64).argmax(-1)  # last confirmed scale
+    return torch.where(confirmed.any(-1), finest, agree.argmax(-1)).long()
