@@ -3,9 +3,7 @@ the CLI takes it: booleans as ``--x`` / ``--no-x`` (the CLI takes no True/False 
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import typing
 from pathlib import Path
 
 import pytest
@@ -13,33 +11,28 @@ import pytest
 from ovs3d.foundation.features import FeatureConfig
 from ovs3d.methods.reconstruction import ReconstructionConfig
 from ovs3d.methods.registry import method_config_type, method_names
+from ovs3d.utils.config import field_specs, flag_name
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAG = re.compile(r"--((?:semantic|recon|features|lerf)(?:\.[a-z0-9-]+)+)( (?:True|False)\b)?")
 
 
-def _flags(cls: type, prefix: str, out: dict[str, bool]) -> None:
-    """flag name -> whether it is a boolean, for ``cls``'s fields and its nested configs."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        name = f"{prefix}.{f.name.replace('_', '-')}"
-        kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
-            _flags(kind, name, out)
-        else:
-            out[name] = kind is bool
+def _flags(cfg, prefix: str, out: dict[str, bool]) -> None:
+    """flag name (without ``--``) -> whether it is a boolean, for every leaf setting of ``cfg``."""
+    for spec in field_specs(cfg, prefix):
+        out[flag_name(spec.path)[2:]] = spec.type is bool
 
 
 def known_flags() -> dict[str, bool]:
     out: dict[str, bool] = {}
-    _flags(ReconstructionConfig, "recon", out)
-    _flags(FeatureConfig, "features", out)
+    _flags(ReconstructionConfig(), "recon.", out)
+    _flags(FeatureConfig(), "features.", out)
     for method in method_names():
         cfg = method_config_type(method)
         if cfg is not None:
-            _flags(cfg, "semantic", out)
+            _flags(cfg(), "semantic.", out)
             if method == "lerf":  # --lerf.* is another spelling of --semantic.* for --method lerf
-                _flags(cfg, "lerf", out)
+                _flags(cfg(), "lerf.", out)
     return out
 
 

@@ -354,9 +354,7 @@ def test_prior_targets_read_the_targets_at_the_prior_scale(tiny_scene_dir, tmp_p
     loss, parts = m.loss(0, g)
     assert set(parts) == {"feat", "sel"}
     batch = m.data.pixels.index(idx)
-    from ovs3d.render.cached import render_semantic_samples
-
-    out = render_semantic_samples(m.trained, m.heads, batch, with_select=False, with_rgb=False)
+    out = render_samples(m.trained, m.heads, batch, with_select=False, with_rgb=False)
     at_prior = (
         m.data.clip_targets[idx]
         .float()

@@ -131,4 +131,4 @@ def agreement_scales(
     agree = pooled.gather(-1, own[..., None])[..., 0]  # [R, S]
     confirmed = agree >= threshold
     finest = (s - 1) - confirmed.flip(-1).to(torch.int64).argmax(-1)  # last confirmed scale
-    return torch.where(confirmed.any(-1), finest, agree.argmax(-1)).long()
+    return torch.where(confirmed.any(-1), finest, agree.argmax(-1))
