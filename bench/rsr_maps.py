@@ -9,7 +9,10 @@ over labels of the multi-scale CLIP relevancy, normalised one of three ways, sca
   somewhere in the scene, which holds: the labels are the scene's prompts).
 
 Each map is scored raw and after RSR with the scene's mask proposals (``--masks``), on the annotated views,
-under both protocols of SPEC §5. Nothing here trains; it chooses OV-NeRF's ``rsr_relevancy`` default.
+under both protocols of SPEC §5. Nothing here trains; it chose OV-NeRF's ``rsr_relevancy`` default. A last
+row per scene, ``crop``, is OV-NeRF's ``rsr_class="crop"``: every region of the masks' panoptic partition
+takes the class of its own CLIP crop (scene-normalised per label), pixels in no region keep their ``scene``
+class (``rsr_uncovered="keep"``, as the other RSR rows).
 
 Usage::
 
@@ -28,9 +31,10 @@ import torch
 from ovs3d import losses as L
 from ovs3d.eval.metrics import aggregate, ovnerf_aggregate, ovnerf_view_metrics, segmentation_view_metrics
 from ovs3d.foundation.features import FeatureConfig, clip_features, mask_proposals
+from ovs3d.foundation.pyramid import PyramidConfig, segment_tiles
 from ovs3d.foundation.registry import build_backends
 from ovs3d.io.loader import load_scene
-from ovs3d.methods.ovnerf.rsr import region_vote
+from ovs3d.methods.ovnerf.rsr import region_crop_classes, region_vote
 from ovs3d.methods.targets import normalized_clip_targets
 
 
@@ -51,13 +55,20 @@ def score(scene_dir: Path, masks_spec: str) -> list[dict]:
         "scene": L.minmax_normalize(raw, dims=(0, 1)),
     }
     w, h = scene.image_size(cfg.semantic_downscale)
+    ids = list(feats.view_ids)
+    seg = segment_tiles(
+        scene, backends["clip"], backends["masks"], ids, PyramidConfig(downscale=cfg.semantic_downscale)
+    )
+    cosines = [torch.from_numpy(np.asarray(seg.embeddings[j], dtype=np.float32)) @ text.T for j in range(len(ids))]
+    scene_classes = maps["scene"].mean(2).argmax(-1).reshape(-1, h, w)  # [V, h, w]
+    crop = region_crop_classes([seg.partition(j) for j in range(len(ids))], cosines, scene_classes)
     out = []
-    for name, rel in maps.items():
-        classes = rel.mean(2).argmax(-1)  # [V, h*w]
-        for rsr in (False, True):
+    for name, rel in (*maps.items(), ("crop", None)):
+        classes = crop.reshape(len(ids), -1) if rel is None else rel.mean(2).argmax(-1)  # [V, h*w]
+        for rsr in (False,) if rel is None else (False, True):
             per3, pero = {}, {}
             for v in scene.annotated:
-                j = list(feats.view_ids).index(v)
+                j = ids.index(v)
                 cm = classes[j].reshape(h, w)
                 if rsr:
                     cm = region_vote(cm, props[j], "keep")
@@ -90,8 +101,8 @@ def main() -> None:
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for key in ("miou_3dovs", "miou_ovnerf"):
         print(f"\nmean {key} over {len(args.scenes)} scenes")
-        for name in ("raw", "view", "scene"):
-            for rsr in (False, True):
+        for name in ("raw", "view", "scene", "crop"):
+            for rsr in (False,) if name == "crop" else (False, True):
                 vals = [r[key] for r in rows if r["relevancy"] == name and r["rsr"] == rsr]
                 print(f"  {name:6s} rsr={rsr!s:5s} {np.mean(vals):.3f}  ({' '.join(f'{x:.3f}' for x in vals)})")
 

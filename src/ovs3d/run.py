@@ -242,13 +242,21 @@ def fit(cfg: FitConfig) -> Path:
 
 def _with_legacy_recon(fit_cfg: dict[str, Any], scene_kind: str | None, recon: ReconstructionConfig) -> dict[str, Any]:
     """A stored ``fit`` config with the reconstruction settings added since it was written, as they were then:
-    ``unbounded_iters_factor`` 1 for an unbounded scene (older runs trained every kind alike); for other kinds
-    it changes nothing, so it takes ``recon``'s value and never blocks a resume."""
+    ``unbounded_iters_factor`` 1 for an unbounded scene (older runs trained every kind alike), and no box
+    shrink (``shrink_kinds`` empty) where ``recon`` would shrink the run's kind; where a setting changes
+    nothing for the run's kind it takes ``recon``'s value and never blocks a resume."""
     stored_recon = fit_cfg.get("recon")
-    if not isinstance(stored_recon, dict) or "unbounded_iters_factor" in stored_recon:
+    if not isinstance(stored_recon, dict):
         return fit_cfg
-    factor = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
-    return {**fit_cfg, "recon": {**stored_recon, "unbounded_iters_factor": factor}}
+    added: dict[str, Any] = {}
+    if "unbounded_iters_factor" not in stored_recon:
+        added["unbounded_iters_factor"] = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
+    if "shrink_kinds" not in stored_recon:
+        would_shrink = scene_kind in recon.shrink_kinds and scene_kind != "unbounded"
+        added["shrink_kinds"] = [] if would_shrink else list(recon.shrink_kinds)
+        added["shrink_iter"] = recon.shrink_iter
+        added["shrink_margin"] = recon.shrink_margin
+    return {**fit_cfg, "recon": {**stored_recon, **added}} if added else fit_cfg
 
 
 def _used_backends(cfg: FitConfig) -> set[str]:

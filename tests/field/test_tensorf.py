@@ -70,3 +70,28 @@ def test_occupancy_marks_dense_region_only():
     assert torch.equal(occ, centers.norm(dim=-1) < 0.3)
     pts = torch.tensor([[0.0, 0, 0], [0.9, 0.9, 0.9], [2.0, 0, 0]])
     assert query_occupancy(occ, aabb, pts).tolist() == [True, False, False]
+
+
+def test_shrink_keeps_the_field_inside_the_new_box():
+    """TensoRF's shrink: the grids are cropped to the points enclosing a box; values inside it are unchanged."""
+    aabb = torch.tensor([[-1.0, -2.0, -1.0], [1.0, 2.0, 3.0]])
+    f = TensoRFField(aabb, [9, 11, 13], (2, 1, 1), (3, 2, 2), app_dim=4, mlp_width=8, seed=3)
+    with torch.no_grad():  # an asymmetric field: an axis mix-up would change the values
+        for p in [*f.density_planes, *f.density_lines, *f.app_planes, *f.app_lines]:
+            p.copy_(torch.randn_like(p))
+    box = torch.tensor([[-0.3, 0.1, 0.2], [0.6, 1.7, 2.1]])
+    g = torch.Generator().manual_seed(0)
+    pts = box[0] + torch.rand(200, 3, generator=g) * (box[1] - box[0])
+    dens, app = f.density(pts), f.app_features(pts)
+    f.shrink(box)
+    assert (f.aabb[0] <= box[0]).all() and (f.aabb[1] >= box[1]).all()  # encloses the box
+    units_before = (aabb[1] - aabb[0]) / (torch.tensor([9, 11, 13]) - 1)
+    assert ((f.aabb[0] - box[0]).abs() < units_before + 1e-6).all()  # and is at most one grid step wider
+    assert ((f.aabb[1] - box[1]).abs() < units_before + 1e-6).all()
+    res = f.grid_resolution
+    assert res == [6, 6, 8]  # x: points 2..7 of 9, y: 5..10 of 11, z: 3..10 of 13
+    assert f.density_planes[0].shape[-2:] == (res[1], res[0]) and f.density_lines[0].shape[-2] == res[2]
+    assert torch.allclose(f.density(pts), dens, atol=1e-5)
+    assert torch.allclose(f.app_features(pts), app, atol=1e-5)
+    f.shrink(torch.tensor([[-5.0, -5, -5], [5.0, 5, 5]]))  # a box larger than the field keeps it whole
+    assert f.grid_resolution == res

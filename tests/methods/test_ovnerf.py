@@ -57,12 +57,30 @@ def _method(scene_dir, tmp_path, **cfg_overrides) -> OVNeRF:
     square[2:6, 2:6] = True
     method.proposals = [torch.stack([left, square]).numpy()] * len(views)
     method.scene = scene
+    # region crops (rsr_class="crop"): the masks' panoptic partition and one embedding per region
+    method.segments = _Segments(method.proposals, F.normalize(torch.randn(len(views), 2, 16, generator=g), dim=-1))
     method.labels = method.initial_labels(data)
     return method
 
 
+class _Segments:
+    """Stands in for :class:`~ovs3d.foundation.pyramid.SegmentTiles` (cached crops) with given embeddings."""
+
+    def __init__(self, masks, embeddings):
+        from ovs3d.foundation.pyramid import panoptic_partition
+
+        self.partitions = [panoptic_partition(m) for m in masks]
+        self.embeddings = [e[: int(p.max()) + 1].numpy() for p, e in zip(self.partitions, embeddings)]
+
+    def __len__(self):
+        return len(self.partitions)
+
+    def partition(self, j):
+        return self.partitions[j]
+
+
 def test_initial_targets_are_rsr_of_the_2d_class_maps(tiny_scene_dir, tmp_path):
-    m = _method(tiny_scene_dir, tmp_path)
+    m = _method(tiny_scene_dir, tmp_path, rsr_class="votes")
     w, h = m.data.view_size
     # default rsr_relevancy "scene": cosines min-max normalised per scale and label over all views' pixels
     cos = F.normalize(m.data.clip_targets.float(), dim=-1) @ m.data.text.T  # [R, S, C]
@@ -74,6 +92,29 @@ def test_initial_targets_are_rsr_of_the_2d_class_maps(tiny_scene_dir, tmp_path):
         assert torch.equal(m.labels[rows], expected)
     # the right half is in no mask: ignored
     assert (m.labels.reshape(2, h, w)[:, :, w // 2 :] == -1).all()
+
+
+@pytest.mark.parametrize("uncovered", ["ignore", "keep"])
+def test_initial_targets_by_region_crops(tiny_scene_dir, tmp_path, uncovered):
+    from ovs3d.methods.ovnerf.rsr import class_map_from_relevancy, region_crop_classes
+
+    m = _method(tiny_scene_dir, tmp_path, rsr_uncovered=uncovered)
+    assert m.cfg.rsr_class == "crop"  # the default
+    w, h = m.data.view_size
+    seg = m.segments
+    cosines = [torch.from_numpy(seg.embeddings[j]) @ m.data.text.T for j in range(2)]
+    pixel = class_map_from_relevancy(m.relevancy_2d(m.data)).reshape(2, h, w)
+    expected = region_crop_classes(seg.partitions, cosines, pixel if uncovered == "keep" else None)
+    assert torch.equal(m.labels, expected.reshape(-1))
+    # every pixel of a region has one class, its crop's
+    for j in range(2):
+        for s_id in range(len(seg.embeddings[j])):
+            assert m.labels.reshape(2, h, w)[j][torch.from_numpy(seg.partitions[j] == s_id)].unique().numel() == 1
+    right = m.labels.reshape(2, h, w)[:, :, w // 2 :]
+    if uncovered == "ignore":
+        assert (right == -1).all()
+    else:
+        assert torch.equal(right, pixel[:, :, w // 2 :])
 
 
 def test_cse_replaces_targets_with_rsr_of_the_render(tiny_scene_dir, tmp_path):

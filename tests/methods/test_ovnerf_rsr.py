@@ -195,3 +195,51 @@ def test_class_map_from_relevancy():
         class_map_from_relevancy(rel, "sum")
     with pytest.raises(ValueError):
         class_map_from_relevancy(torch.zeros(3))
+
+
+def reference_crop_classes(partitions, cosines, class_maps=None, void=-1):
+    """Direct loop: per-label min–max over every region of every view, argmax per region, painted."""
+    allc = np.concatenate(cosines, 0).astype(np.float64)
+    lo, hi = allc.min(0), allc.max(0)
+    outs = []
+    for b, (p, c) in enumerate(zip(partitions, cosines)):
+        out = np.full(p.shape, void, dtype=np.int64) if class_maps is None else class_maps[b].astype(np.int64).copy()
+        for s in range(c.shape[0]):
+            rel = [(c[s, k] - lo[k]) / (hi[k] - lo[k]) if hi[k] - lo[k] > 1e-6 else 0.0 for k in range(c.shape[1])]
+            out[p == s] = int(np.argmax(rel))  # first maximum: lowest class on ties
+        outs.append(out)
+    return np.stack(outs)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_region_crop_classes_matches_loop(keep):
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        n_views, h, w, n_cls = int(rng.integers(1, 4)), int(rng.integers(2, 9)), int(rng.integers(2, 9)), 4
+        parts, cos = [], []
+        for _ in range(n_views):
+            n = int(rng.integers(1, 5))
+            p = rng.integers(-1, n, (h, w))
+            p.flat[:n] = np.arange(n)  # every id present
+            parts.append(p)
+            cos.append(rng.uniform(-0.2, 0.4, (n, n_cls)).astype(np.float32))
+        maps = rng.integers(0, n_cls, (n_views, h, w)) if keep else None
+        got = rsr.region_crop_classes(
+            parts, [torch.from_numpy(c) for c in cos], torch.from_numpy(maps) if keep else None
+        )
+        assert got.dtype == torch.int64 and got.shape == (n_views, h, w)
+        np.testing.assert_array_equal(got.numpy(), reference_crop_classes(parts, cos, maps), err_msg=f"{trial}")
+
+
+def test_region_crop_classes_scene_normalisation_beats_a_hub():
+    """A hub label (high cosine everywhere) does not win every region: each label's best region in the scene
+    gets 1 — and a region in a view that shows no other label still gets its own."""
+    part = np.array([[0, 0, 1], [0, 0, -1]])
+    # label 0 is the hub: every crop is more like it in absolute terms
+    cos_a = torch.tensor([[0.34, 0.10], [0.32, 0.25]])  # region 1: label 1's best region, raw argmax the hub
+    cos_b = torch.tensor([[0.33, 0.05]])  # a view of label 0 only
+    got = rsr.region_crop_classes([part, np.where(part >= 0, 0, -1)], [cos_a, cos_b])
+    assert got[0].tolist() == [[0, 0, 1], [0, 0, -1]]
+    assert got[1].tolist() == [[0, 0, 0], [0, 0, -1]]
+    with pytest.raises(ValueError, match="region id"):
+        rsr.region_crop_classes([part], [cos_a[:1]])

@@ -110,5 +110,57 @@ def test_runs_made_before_the_unbounded_factor_keep_their_schedule():
     new = ReconstructionConfig()
     assert _with_legacy_recon(old, "unbounded", new)["recon"]["unbounded_iters_factor"] == 1.0
     assert _with_legacy_recon(old, "forward", new)["recon"]["unbounded_iters_factor"] == new.unbounded_iters_factor
-    current = {"scene": "s", "recon": {"n_iters": 300, "unbounded_iters_factor": 3.0}}
+    current = {"scene": "s", "recon": {"n_iters": 300, "unbounded_iters_factor": 3.0, "shrink_kinds": []}}
     assert _with_legacy_recon(current, "unbounded", new) is current
+
+
+def test_runs_made_before_the_box_shrink_did_not_shrink():
+    from ovs3d.run import _with_legacy_recon
+
+    old = {"scene": "s", "recon": {"n_iters": 300, "unbounded_iters_factor": 2.0}}
+    new = ReconstructionConfig()  # shrinks nothing: the stored run reads as the defaults, never blocking
+    assert _with_legacy_recon(old, "bounded", new)["recon"]["shrink_kinds"] == []
+    assert _with_legacy_recon(old, "bounded", new)["recon"]["shrink_iter"] == new.shrink_iter
+    shrinking = ReconstructionConfig(shrink_kinds=("bounded",))  # a room made before did not shrink
+    assert _with_legacy_recon(old, "bounded", shrinking)["recon"]["shrink_kinds"] == []
+    assert _with_legacy_recon(old, "forward", shrinking)["recon"]["shrink_kinds"] == ["bounded"]
+
+
+@pytest.fixture(scope="module")
+def tiny_room_dir(tmp_path_factory):
+    """An 80x60, 24-view inside-out room: its box (the union of the frusta) is many times the room."""
+    from ovs3d.scenegen import make_scene
+
+    root = tmp_path_factory.mktemp("room") / "room"
+    return make_scene("room", 3, root, width=80, height=60, n_views=24, annotate_every=4, supersample=1)
+
+
+@pytest.mark.parametrize("crash_at", [12, 25])  # resumed from before and from after the shrink
+def test_bounded_box_shrinks_to_the_surfaces_and_resumes(tiny_scene_dir, tiny_room_dir, tmp_path, crash_at):
+    scene = load_scene(tiny_room_dir)
+    assert scene.kind == "bounded"
+    views = scene.train_views(False)
+    cfg = tiny_config(n_iters=30, shrink_iter=15, shrink_kinds=("bounded",))
+    full = train_reconstruction(scene, tmp_path / "full", cfg, views)
+    box = torch.as_tensor(scene.aabb, dtype=torch.float32)
+    assert (full.field.aabb[0] >= box[0] - 1e-6).all() and (full.field.aabb[1] <= box[1] + 1e-6).all()
+    assert torch.prod(full.field.aabb[1] - full.field.aabb[0]) < 0.5 * torch.prod(box[1] - box[0])
+    out = render_view(full, scene, 0, 2.0)
+    assert np.isfinite(out["rgb"]).all() and out["acc"].mean() > 0.5  # the room is still inside
+
+    def crash(step, _):
+        if step == crash_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_reconstruction(scene, tmp_path / "cut", cfg, views, callback=crash, callback_every=1)
+    resumed = train_reconstruction(scene, tmp_path / "cut", cfg, views)
+    assert torch.equal(resumed.field.aabb, full.field.aabb)
+    for (name, a), (_, b) in zip(full.field.state_dict().items(), resumed.field.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    # a kind that is not listed keeps its box (and the default lists none)
+    assert ReconstructionConfig().shrink_kinds == ()
+    fwd_scene = load_scene(tiny_scene_dir)
+    fwd_cfg = tiny_config(n_iters=16, shrink_iter=15, shrink_kinds=("bounded",))
+    fwd = train_reconstruction(fwd_scene, tmp_path / "fwd", fwd_cfg, fwd_scene.train_views(False)[:4])
+    assert torch.equal(fwd.field.aabb, torch.as_tensor(fwd_scene.aabb, dtype=torch.float32))

@@ -173,6 +173,36 @@ class TensoRFField(nn.Module):
             setattr(self, f"{name}_lines", nn.ParameterList([nn.Parameter(p) for p in new_l]))
         self.resolution = torch.tensor(list(resolution), dtype=torch.long, device=self.aabb.device)
 
+    @torch.no_grad()
+    def shrink(self, box: Tensor) -> None:
+        """Crop every grid to the grid points that enclose ``box`` ``[2, 3]`` (TensoRF's ``shrink``).
+
+        Grid points sit at ``aabb[0] + i · (aabb[1] - aabb[0]) / (G - 1)`` (``align_corners=True``); the kept
+        index range is the smallest one whose points enclose ``box`` (clipped to the grid), and the new
+        ``aabb`` is that range's first and last point, so the field's values at every kept point, and hence
+        everywhere inside the new box, are unchanged. The resolution becomes the kept range's size (later
+        upsamplings spend their voxels inside the smaller box). Rebuild the optimiser afterwards.
+        """
+        box = torch.as_tensor(box, dtype=self.aabb.dtype, device=self.aabb.device).reshape(2, 3)
+        res = self.resolution.to(self.aabb.dtype)
+        units = (self.aabb[1] - self.aabb[0]) / (res - 1).clamp(min=1)
+        lo = torch.floor((box[0] - self.aabb[0]) / units).clamp(min=0)
+        hi = torch.ceil((box[1] - self.aabb[0]) / units)
+        hi = torch.minimum(torch.maximum(hi, lo + 1), res - 1)  # at least two points per axis
+        lo = torch.minimum(lo, hi - 1).long().tolist()
+        hi = hi.long().tolist()
+        for name in ("density", "app"):
+            planes, lines = getattr(self, f"{name}_planes"), getattr(self, f"{name}_lines")
+            new_p = [p[..., lo[b] : hi[b] + 1, lo[a] : hi[a] + 1] for p, (a, b) in zip(planes, MAT_MODE)]
+            new_l = [ln[..., lo[c] : hi[c] + 1, :] for ln, c in zip(lines, VEC_MODE)]
+            setattr(self, f"{name}_planes", nn.ParameterList([nn.Parameter(p.contiguous()) for p in new_p]))
+            setattr(self, f"{name}_lines", nn.ParameterList([nn.Parameter(x.contiguous()) for x in new_l]))
+        first = torch.tensor(lo, dtype=self.aabb.dtype, device=self.aabb.device)
+        last = torch.tensor(hi, dtype=self.aabb.dtype, device=self.aabb.device)
+        origin = self.aabb[0].clone()
+        self.aabb = torch.stack([origin + first * units, origin + last * units])
+        self.resolution = torch.tensor([b - a + 1 for a, b in zip(lo, hi)], dtype=torch.long, device=self.aabb.device)
+
     def grid_parameters(self) -> list[nn.Parameter]:
         """Plane and line parameters (learning rate ``lr_grid``)."""
         return [*self.density_planes, *self.density_lines, *self.app_planes, *self.app_lines]

@@ -40,6 +40,14 @@ class OVNeRFConfig(SemanticConfig):
     label (3D-OVS Eq. 7, which assumes every label is in every view: in a room most are not, and each view
     then stretches absent labels' relevancy to [0, 1]); ``raw`` = the cosines (CLIP's hub labels win).
     ``scene`` was best on the validation scenes (bench/RESULTS.md §5)."""
+    rsr_class: Literal["votes", "crop"] = "crop"
+    """How a region of the initial RSR maps gets its class. ``crop`` (default, ours): the class of the region's
+    own CLIP crop (its bounding box zero-padded to a square, the panoptic-prior paper's segment tile), the
+    crop's cosines min–max normalised per label over every region of the scene, so that a region the pixel
+    windows never see alone (a thin ceiling strip, a clock a few windows wide) is named from a crop that shows
+    mostly itself. ``votes``: the class most of its pixels' 2D classes name (the paper's Eq. 5). Ahead or
+    level on every validation scene (bench/RESULTS.md §5); CSE's updates vote with the rendered classes
+    either way."""
     rsr_scales: Literal["mean", "max"] = "mean"
     """How the three CLIP scales are combined before the argmax: their mean or their maximum. The release
     does not say; ``mean`` is what our 3D-OVS pseudo-classes use."""

@@ -2,7 +2,9 @@
 
 * **RSR** (Eq. 5–7): each training view's 2D class map (argmax of its min–max-normalised multi-scale CLIP
   relevancy, scales combined by ``rsr_scales``) is regularised by that view's mask proposals: every mask
-  takes its most-voted class (:func:`~ovs3d.methods.ovnerf.rsr.region_vote`). The rendered class logits
+  takes its most-voted class (:func:`~ovs3d.methods.ovnerf.rsr.region_vote`), or by default (ours,
+  ``rsr_class="crop"``) the class of its own CLIP crop
+  (:func:`~ovs3d.methods.ovnerf.rsr.region_crop_classes`). The rendered class logits
   learn these maps by cross-entropy, beside 3D-OVS's feature and selection terms and FDA (RDA is off).
 * **CSE** (Eq. 8–12): from ``cse_start`` on, every ``cse_every`` iterations, every training view is
   re-rendered (from its cached samples), its argmax map goes through RSR with the view's stored masks and
@@ -31,7 +33,7 @@ from ovs3d.foundation.base import ViewImage
 from ovs3d.io.scene import Scene
 from ovs3d.methods.loop import Callback
 from ovs3d.methods.ovnerf.config import OVNeRFConfig
-from ovs3d.methods.ovnerf.rsr import class_map_from_relevancy, region_vote
+from ovs3d.methods.ovnerf.rsr import class_map_from_relevancy, region_crop_classes, region_vote
 from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS, class_balanced_weights, prepare_data
 from ovs3d.render.cached import RaySamples, render_semantic_samples, top_samples
 from ovs3d.render.rays import pixel_grid
@@ -89,7 +91,7 @@ class OVNeRF(ThreeDOVS):
 
     name = "ovnerf"
     config_type = OVNeRFConfig
-    legacy_settings = {}  # no run predates any OV-NeRF setting
+    legacy_settings = {"rsr_class": "votes"}  # runs made before region crops voted with pixels
     summary_settings = (*ThreeDOVS.summary_settings, "use_rsr", "use_cse")
 
     def __init__(self, *args, **kwargs) -> None:
@@ -98,6 +100,7 @@ class OVNeRF(ThreeDOVS):
         self.labels: Tensor | None = None
         self.novel_labels: Tensor | None = None
         self.proposals = None  # MaskProposals of the CLIP views (RSR)
+        self.segments = None  # SegmentTiles of the CLIP views (rsr_class="crop")
         self.masks_backend = None
         self.scene: Scene | None = None
         self._novel_samples: RaySamples | None = None
@@ -128,6 +131,15 @@ class OVNeRF(ThreeDOVS):
             t0 = time.perf_counter()
             method.proposals = mask_proposals(scene, method.masks_backend, list(data.view_ids), features, cache)
             method.stats["mask_seconds"] = round(time.perf_counter() - t0, 3)  # proposals (0 when cached)
+            if cfg.rsr_class == "crop":
+                from ovs3d.foundation.pyramid import PyramidConfig, segment_tiles
+
+                t0 = time.perf_counter()
+                pyr = PyramidConfig(downscale=data.downscale)
+                method.segments = segment_tiles(
+                    scene, backends["clip"], method.masks_backend, list(data.view_ids), pyr, cache
+                )
+                method.stats["crop_seconds"] = round(time.perf_counter() - t0, 3)  # region crops (0 when cached)
         t0 = time.perf_counter()
         method.labels = method.cached_initial_labels(scene, fit_cfg, backends)
         method.stats["rsr_seconds"] = round(time.perf_counter() - t0, 3)  # 2D class maps + region votes
@@ -139,8 +151,17 @@ class OVNeRF(ThreeDOVS):
         return method
 
     def initial_labels(self, data: SemanticData) -> Tensor:
-        """``[R_p]`` RSR maps of the 2D class maps of every CLIP view (raw maps without RSR)."""
-        return self._rsr(class_map_from_relevancy(self.relevancy_2d(data), self.cfg.rsr_scales))
+        """``[R_p]`` RSR maps of the 2D class maps of every CLIP view (raw maps without RSR); with
+        ``rsr_class="crop"`` each region takes its crop's class instead of its pixels' majority."""
+        pixel_classes = class_map_from_relevancy(self.relevancy_2d(data), self.cfg.rsr_scales)  # [R_p]
+        if not (self.cfg.use_rsr and self.cfg.rsr_class == "crop"):
+            return self._rsr(pixel_classes)
+        seg, w, h = self.segments, *data.view_size
+        text = F.normalize(self.text.float().cpu(), dim=-1)  # [C, D]
+        cosines = [torch.from_numpy(np.asarray(seg.embeddings[j], dtype=np.float32)) @ text.T for j in range(len(seg))]
+        keep = pixel_classes.reshape(-1, h, w) if self.cfg.rsr_uncovered == "keep" else None
+        maps = region_crop_classes([seg.partition(j) for j in range(len(seg))], cosines, keep)
+        return maps.reshape(-1)
 
     def cached_initial_labels(self, scene: Scene, fit_cfg, backends: dict) -> Tensor:
         """:meth:`initial_labels`, stored in the scene's feature cache beside the features and masks they come
@@ -166,7 +187,9 @@ class OVNeRF(ThreeDOVS):
             "labels": list(scene.classes),
             "size": [w, h],
             "features": asdict(fit_cfg.features),
-            "rsr": {k: getattr(cfg, k) for k in ("use_rsr", "rsr_relevancy", "rsr_scales", "rsr_uncovered")},
+            "rsr": {
+                k: getattr(cfg, k) for k in ("use_rsr", "rsr_relevancy", "rsr_scales", "rsr_uncovered", "rsr_class")
+            },
         }
         root = Path(fit_cfg.cache_dir) if fit_cfg.cache_dir else default_cache_root(scene)
         views = view_files(scene, list(data.view_ids))

@@ -13,6 +13,11 @@ Two choices differ from the released code on purpose (reference digest §A.4):
 - **Uncovered pixels.** The release leaves them at class 0 (its void class) and trains towards it. Here
   they are void (``-1``) by default so that the loss can ignore them; ``uncovered="keep"`` keeps the raw
   class instead.
+
+:func:`region_crop_classes` is ours, not the paper's: a region takes the class of its own CLIP crop (the
+segment tile of the panoptic-prior paper, :func:`ovs3d.foundation.pyramid.encode_segments`) instead of the
+majority of its pixels' classes, so a region that the per-pixel windows never see alone (a thin strip at the
+image border, an object a few windows wide) is classified from a crop that shows mostly itself.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["region_vote", "region_vote_views", "class_map_from_relevancy"]
+from ovs3d import losses as L
+
+__all__ = ["region_vote", "region_vote_views", "region_crop_classes", "class_map_from_relevancy"]
 
 # Elements of a [masks, pixels] intermediate processed at once: bounds the working memory of
 # region_vote to ~40 MB (two int64 [masks, pixels] temporaries) whatever the number of masks.
@@ -170,6 +177,68 @@ def region_vote_views(
     if class_maps.shape[0] == 0:
         return class_maps.long().clone()
     return torch.stack([region_vote(c, m, uncovered, void) for c, m in zip(class_maps, masks)])
+
+
+def region_crop_classes(
+    partitions: Sequence[np.ndarray | Tensor],
+    crop_cosines: Sequence[Tensor],
+    class_maps: Tensor | None = None,
+    void: int = -1,
+) -> Tensor:
+    """Class maps in which every region takes the class of its own CLIP crop (ours; see the module notes).
+
+    Each region's crop relevancy is the cosine of its crop's embedding to every label, min–max normalised per
+    label over **every region of every view** (the scene-level reading RSR's pixel maps use: a label's most
+    relevant region in the scene gets 1, so CLIP's hub labels do not win everywhere, and no view has to show
+    every label); the region takes the argmax (lowest class on ties) and paints all its pixels. Pixels in no
+    region are ``void``, or keep their ``class_maps`` value when one is given (``rsr_uncovered="keep"``).
+
+    Equals this loop (see the tests)::
+
+        rel = (cos - cos.min(over all regions)) / (cos.max(...) - cos.min(...))   # per label
+        for each view b, region s: out[b][partition[b] == s] = argmax(rel[b][s])
+
+    Args:
+        partitions: ``B`` maps ``[H, W]`` int region ids ``0..n_b-1`` (``-1`` = none), e.g.
+            :func:`~ovs3d.foundation.pyramid.panoptic_partition` of the view's mask proposals.
+        crop_cosines: ``B`` tensors ``[n_b, C]``: cosine of region ``s``'s crop embedding to label ``c``.
+        class_maps: ``[B, H, W]`` int classes for the pixels in no region, or None (they become ``void``).
+        void: the no-class value, negative.
+
+    Returns:
+        ``[B, H, W]`` int64 class maps, values in ``{void} ∪ [0, C)``.
+    """
+    if void >= 0:
+        raise ValueError(f"void must be negative (class indices are >= 0), got {void}")
+    if len(partitions) != len(crop_cosines):
+        raise ValueError(f"{len(partitions)} partitions but {len(crop_cosines)} crop-cosine sets")
+    parts = [torch.as_tensor(np.asarray(p)).long() for p in partitions]
+    if not parts:
+        return torch.zeros(0, 0, 0, dtype=torch.int64)
+    n_cls = {int(c.shape[-1]) for c in crop_cosines if c.ndim == 2}
+    if len(n_cls) > 1 or any(c.ndim != 2 for c in crop_cosines):
+        raise ValueError("crop_cosines must all be [n_b, C] with the same C")
+    for p, c in zip(parts, crop_cosines):
+        if p.shape != parts[0].shape:
+            raise ValueError(f"partitions differ in size: {tuple(p.shape)} vs {tuple(parts[0].shape)}")
+        if int(p.max()) + 1 > c.shape[0]:
+            raise ValueError(f"a partition has region id {int(p.max())} but only {c.shape[0]} crops")
+    counts = [c.shape[0] for c in crop_cosines]
+    allc = torch.cat([torch.as_tensor(c).float() for c in crop_cosines])  # [N, C]
+    rel = L.minmax_normalize(allc[None], dims=(1,))[0] if len(allc) else allc  # per label over all regions
+    seg_class = rel.argmax(-1) if len(allc) else torch.zeros(0, dtype=torch.int64)  # [N], ties -> lowest
+    out = []
+    for b, (p, cls) in enumerate(zip(parts, torch.split(seg_class, counts))):
+        if class_maps is not None:
+            base = torch.as_tensor(class_maps[b]).long().clone()
+            if base.shape != p.shape:
+                raise ValueError(f"class_maps are {tuple(base.shape)}, partitions {tuple(p.shape)}")
+        else:
+            base = torch.full_like(p, void)
+        inside = p >= 0
+        base[inside] = cls[p[inside]]
+        out.append(base)
+    return torch.stack(out)
 
 
 def class_map_from_relevancy(relevancy: Tensor, combine: Literal["mean", "max"] = "mean") -> Tensor:
