@@ -26,6 +26,12 @@ class OVNeRFConfig(SemanticConfig):
     selection_prior: Literal["none", "dino", "agreement"] = "none"
     """As for 3D-OVS (``agreement`` is its default); OV-NeRF's numbers (bench/RESULTS.md §5) were measured
     without a scale prior, and it has not been measured with one, so ``none`` stays here."""
+    semantic_components: tuple[int, int, int] = field(default=(8, 8, 8), metadata=rule(ge=0))
+    """Components per plane-line pair of a semantic VM grid beside the appearance feature at the CLIP-feature
+    MLP's input (3D-OVS's option, off there as in the paper). On here: OV-NeRF's cross-entropy names regions
+    that the appearance volume encodes alike (a clock on a wall of its colour, a jewelry box on a side table),
+    and the grid also keeps that gradient out of the shared appearance volume. Ahead on all four validation
+    scenes with region crops (bench/RESULTS.md §5); (0, 0, 0) = the paper's field."""
     ray_sampling: Literal["uniform", "balanced"] = "balanced"
     """``balanced``: pixel rays drawn inversely to the size of their RSR pseudo-class (as our 3D-OVS default,
     with the RSR map as pseudo-class); ``uniform``: OV-NeRF's draws."""
