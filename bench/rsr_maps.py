@@ -59,7 +59,10 @@ def score(scene_dir: Path, masks_spec: str) -> list[dict]:
     seg = segment_tiles(
         scene, backends["clip"], backends["masks"], ids, PyramidConfig(downscale=cfg.semantic_downscale)
     )
-    cosines = [torch.from_numpy(np.asarray(seg.embeddings[j], dtype=np.float32)) @ text.T for j in range(len(ids))]
+    cosines = [
+        L.segmentation_logits(torch.from_numpy(np.asarray(seg.embeddings[j], np.float32)), text)
+        for j in range(len(ids))
+    ]
     scene_classes = maps["scene"].mean(2).argmax(-1).reshape(-1, h, w)  # [V, h, w]
     crop = region_crop_classes([seg.partition(j) for j in range(len(ids))], cosines, scene_classes)
     out = []

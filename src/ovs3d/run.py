@@ -29,6 +29,7 @@ from ovs3d.foundation.registry import spec_rule
 from ovs3d.methods.reconstruction import (
     CHECKPOINT_NAME,
     ReconstructionConfig,
+    box_shrinks,
     for_kind,
     load_trained_field,
     render_view,
@@ -252,8 +253,7 @@ def _with_legacy_recon(fit_cfg: dict[str, Any], scene_kind: str | None, recon: R
     if "unbounded_iters_factor" not in stored_recon:
         added["unbounded_iters_factor"] = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
     if "shrink_kinds" not in stored_recon:
-        would_shrink = scene_kind in recon.shrink_kinds and scene_kind != "unbounded"
-        added["shrink_kinds"] = [] if would_shrink else list(recon.shrink_kinds)
+        added["shrink_kinds"] = [] if box_shrinks(recon, str(scene_kind)) else list(recon.shrink_kinds)
         added["shrink_iter"] = recon.shrink_iter
         added["shrink_margin"] = recon.shrink_margin
     return {**fit_cfg, "recon": {**stored_recon, **added}} if added else fit_cfg

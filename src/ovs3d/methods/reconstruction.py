@@ -116,6 +116,11 @@ def for_kind(cfg: ReconstructionConfig, kind: str) -> ReconstructionConfig:
     return dataclasses.replace(cfg, n_iters=n_iters, unbounded_iters_factor=1.0)
 
 
+def box_shrinks(cfg: ReconstructionConfig, kind: str) -> bool:
+    """Whether a scene of ``kind`` shrinks its box (``shrink_kinds``; never an unbounded, contracted box)."""
+    return kind in cfg.shrink_kinds and kind != "unbounded"
+
+
 def build_field(
     cfg: ReconstructionConfig, aabb: torch.Tensor, resolution: list[int] | None = None, contracted: bool = False
 ) -> TensoRFField:
@@ -297,8 +302,8 @@ class ReconstructionStage:
 
     @property
     def shrinks(self) -> bool:
-        """Whether this scene's box shrinks (``shrink_kinds``; never a contracted box)."""
-        return self.scene.kind in self.cfg.shrink_kinds and not self.contracted
+        """Whether this scene's box shrinks (:func:`box_shrinks`)."""
+        return box_shrinks(self.cfg, self.scene.kind)
 
     def _shrink(self, rays: torch.Tensor, step: int) -> None:
         """Shrink the field's box to the training rays' surfaces and re-plan the later upsamplings inside it."""

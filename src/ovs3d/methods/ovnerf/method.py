@@ -131,15 +131,6 @@ class OVNeRF(ThreeDOVS):
             t0 = time.perf_counter()
             method.proposals = mask_proposals(scene, method.masks_backend, list(data.view_ids), features, cache)
             method.stats["mask_seconds"] = round(time.perf_counter() - t0, 3)  # proposals (0 when cached)
-            if cfg.rsr_class == "crop":
-                from ovs3d.foundation.pyramid import PyramidConfig, segment_tiles
-
-                t0 = time.perf_counter()
-                pyr = PyramidConfig(downscale=data.downscale)
-                method.segments = segment_tiles(
-                    scene, backends["clip"], method.masks_backend, list(data.view_ids), pyr, cache
-                )
-                method.stats["crop_seconds"] = round(time.perf_counter() - t0, 3)  # region crops (0 when cached)
         t0 = time.perf_counter()
         method.labels = method.cached_initial_labels(scene, fit_cfg, backends)
         method.stats["rsr_seconds"] = round(time.perf_counter() - t0, 3)  # 2D class maps + region votes
@@ -153,15 +144,29 @@ class OVNeRF(ThreeDOVS):
     def initial_labels(self, data: SemanticData) -> Tensor:
         """``[R_p]`` RSR maps of the 2D class maps of every CLIP view (raw maps without RSR); with
         ``rsr_class="crop"`` each region takes its crop's class instead of its pixels' majority."""
-        pixel_classes = class_map_from_relevancy(self.relevancy_2d(data), self.cfg.rsr_scales)  # [R_p]
-        if not (self.cfg.use_rsr and self.cfg.rsr_class == "crop"):
-            return self._rsr(pixel_classes)
-        seg, w, h = self.segments, *data.view_size
-        text = F.normalize(self.text.float().cpu(), dim=-1)  # [C, D]
-        cosines = [torch.from_numpy(np.asarray(seg.embeddings[j], dtype=np.float32)) @ text.T for j in range(len(seg))]
-        keep = pixel_classes.reshape(-1, h, w) if self.cfg.rsr_uncovered == "keep" else None
-        maps = region_crop_classes([seg.partition(j) for j in range(len(seg))], cosines, keep)
-        return maps.reshape(-1)
+        cfg = self.cfg
+        if not (cfg.use_rsr and cfg.rsr_class == "crop"):
+            return self._rsr(class_map_from_relevancy(self.relevancy_2d(data), cfg.rsr_scales))
+        seg, (w, h) = self.segments, data.view_size
+        text = self.text.float().cpu()  # [C, D]
+        cosines = [
+            L.segmentation_logits(torch.from_numpy(np.asarray(seg.embeddings[j], np.float32)), text)
+            for j in range(len(seg))
+        ]
+        keep = None  # pixels in no region: void, or their 2D class
+        if cfg.rsr_uncovered == "keep":
+            keep = class_map_from_relevancy(self.relevancy_2d(data), cfg.rsr_scales).reshape(-1, h, w)
+        return region_crop_classes([seg.partition(j) for j in range(len(seg))], cosines, keep).reshape(-1)
+
+    def _load_segments(self, scene: Scene, fit_cfg, backends: dict) -> None:
+        """The region crops of every CLIP view (``rsr_class="crop"``), cached with the features."""
+        from ovs3d.foundation.pyramid import PyramidConfig, segment_tiles
+
+        t0 = time.perf_counter()
+        cache = Path(fit_cfg.cache_dir) if fit_cfg.cache_dir else None
+        views, pyramid = list(self.data.view_ids), PyramidConfig(downscale=self.data.downscale)
+        self.segments = segment_tiles(scene, backends["clip"], self.masks_backend, views, pyramid, cache)
+        self.stats["crop_seconds"] = round(time.perf_counter() - t0, 3)  # region crops (0 when cached)
 
     def cached_initial_labels(self, scene: Scene, fit_cfg, backends: dict) -> Tensor:
         """:meth:`initial_labels`, stored in the scene's feature cache beside the features and masks they come
@@ -178,6 +183,8 @@ class OVNeRF(ThreeDOVS):
 
         def compute(j: int) -> np.ndarray:
             if "labels" not in computed:
+                if cfg.use_rsr and cfg.rsr_class == "crop" and self.segments is None:
+                    self._load_segments(scene, fit_cfg, backends)  # only when the maps are not cached
                 computed["labels"] = self.initial_labels(data)
             return computed["labels"][j * h * w : (j + 1) * h * w].reshape(h, w).numpy().astype(np.int16)
 

@@ -215,8 +215,7 @@ def region_crop_classes(
     parts = [torch.as_tensor(np.asarray(p)).long() for p in partitions]
     if not parts:
         return torch.zeros(0, 0, 0, dtype=torch.int64)
-    n_cls = {int(c.shape[-1]) for c in crop_cosines if c.ndim == 2}
-    if len(n_cls) > 1 or any(c.ndim != 2 for c in crop_cosines):
+    if any(c.ndim != 2 for c in crop_cosines) or len({c.shape[-1] for c in crop_cosines}) > 1:
         raise ValueError("crop_cosines must all be [n_b, C] with the same C")
     for p, c in zip(parts, crop_cosines):
         if p.shape != parts[0].shape:
@@ -225,8 +224,9 @@ def region_crop_classes(
             raise ValueError(f"a partition has region id {int(p.max())} but only {c.shape[0]} crops")
     counts = [c.shape[0] for c in crop_cosines]
     allc = torch.cat([torch.as_tensor(c).float() for c in crop_cosines])  # [N, C]
-    rel = L.minmax_normalize(allc[None], dims=(1,))[0] if len(allc) else allc  # per label over all regions
-    seg_class = rel.argmax(-1) if len(allc) else torch.zeros(0, dtype=torch.int64)  # [N], ties -> lowest
+    seg_class = torch.zeros(0, dtype=torch.int64)  # [N]
+    if len(allc):  # per label over all regions, then argmax (ties -> lowest)
+        seg_class = L.minmax_normalize(allc[None], dims=(1,))[0].argmax(-1)
     out = []
     for b, (p, cls) in enumerate(zip(parts, torch.split(seg_class, counts))):
         if class_maps is not None:
