@@ -8,7 +8,13 @@ import torch.nn.functional as F
 
 from ovs3d.io.loader import load_scene
 from ovs3d.methods.ovnerf.config import OVNeRFConfig
-from ovs3d.methods.ovnerf.method import OVNeRF, masked_cross_entropy, novel_poses, void_balanced_weights
+from ovs3d.methods.ovnerf.method import (
+    OVNeRF,
+    cse_runs,
+    masked_cross_entropy,
+    novel_poses,
+    void_balanced_weights,
+)
 from ovs3d.methods.ovnerf.rsr import region_vote
 from ovs3d.methods.reconstruction import ReconstructionConfig, train_reconstruction
 from ovs3d.methods.threedovs.method import SemanticData
@@ -136,6 +142,26 @@ def test_cse_replaces_targets_with_rsr_of_the_render(tiny_scene_dir, tmp_path):
     assert m.stats["cse_updates"][-1]["step"] == 4
 
 
+def test_cse_runs_on_the_kinds_it_is_set_for(tiny_scene_dir, tmp_path):
+    cfg = OVNeRFConfig()
+    assert [cse_runs(cfg, k) for k in ("forward", "bounded", "unbounded")] == [False, True, True]
+    assert not cse_runs(OVNeRFConfig(use_cse=False), "bounded")
+    m = _method(tiny_scene_dir, tmp_path)  # a forward-facing scene with the default kinds: no updates
+    assert m.scene.kind == "forward" and m.callbacks() == []
+    m.cfg = OVNeRFConfig(cse_start=4, cse_every=2, cse_kinds=("forward",))
+    (update,) = m.callbacks()
+    assert (update.every, update.start) == (2, 4)
+    # a run stored before the setting existed ran CSE on every kind of scene, as the paper's ablation row does
+    old = OVNeRF.config_from_dict({"use_cse": True})
+    assert old.cse_kinds == ("forward", "bounded", "unbounded") and cse_runs(old, "forward")
+    from ovs3d.methods.threedovs.ablations import with_ablation
+    from ovs3d.run import FitConfig
+
+    base = FitConfig(scene=tiny_scene_dir, out=tmp_path / "run", method="ovnerf", semantic=cfg)
+    paper_cse = with_ablation(base, "cse_every_kind")
+    assert paper_cse.semantic.cse_kinds == old.cse_kinds
+
+
 def test_novel_views_looking_into_nothing_are_skipped(tiny_scene_dir, tmp_path, caplog):
     m = _method(tiny_scene_dir, tmp_path, cse_novel_views=2, cse_min_opacity=1.5)  # no render is that opaque
     m._novel_c2w = novel_poses(m.scene, [0, 1, 2], m.cfg)
@@ -179,6 +205,7 @@ def test_tiny_ovnerf_fit_beats_the_2d_baseline(small_scene_dir, tmp_path, short_
     semantic = OVNeRFConfig(
         n_iters=s.n_iters, joint_start=s.joint_start, batch_size=s.batch_size, patch_cells=s.patch_cells,
         checkpoint_every=s.checkpoint_every, cse_start=130, cse_every=20, cse_novel_views=2,
+        cse_kinds=("forward",),  # CSE's path end to end (off on forward-facing scenes by default)
     )  # fmt: skip
     features = short_fit_settings["features"]
     cfg = FitConfig(

@@ -67,6 +67,11 @@ def novel_poses(scene: Scene, train_views: list[int], cfg: OVNeRFConfig) -> np.n
     return panorama_poses(centre, cfg.cse_novel_views, radius, cfg.cse_pitch_deg, up_from_cameras(c2w))
 
 
+def cse_runs(cfg: OVNeRFConfig, kind: str) -> bool:
+    """Whether CSE updates the targets of a scene of ``kind`` (``use_cse`` and ``kind`` in ``cse_kinds``)."""
+    return cfg.use_cse and kind in cfg.cse_kinds
+
+
 def void_balanced_weights(labels: Tensor, n_classes: int, power: float) -> Tensor:
     """Balanced draw weights ``[R]`` by pseudo-label ``[R]`` (void ``-1`` is a bucket of its own)."""
     buckets = torch.where(labels < 0, torch.full_like(labels, n_classes), labels)
@@ -91,8 +96,9 @@ class OVNeRF(ThreeDOVS):
 
     name = "ovnerf"
     config_type = OVNeRFConfig
-    legacy_settings = {"rsr_class": "votes"}  # runs made before region crops voted with pixels
-    summary_settings = (*ThreeDOVS.summary_settings, "use_rsr", "use_cse")
+    # what runs made before a setting existed did: region votes with pixels, CSE on every kind of scene
+    legacy_settings = {"rsr_class": "votes", "cse_kinds": ("forward", "bounded", "unbounded")}
+    summary_settings = (*ThreeDOVS.summary_settings, "use_rsr", "use_cse", "cse_kinds")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -137,7 +143,9 @@ class OVNeRF(ThreeDOVS):
         method.stats["rsr_void_share"] = round(float((method.labels < 0).float().mean()), 4)
         if cfg.ray_sampling == "balanced":
             data.ray_weights = void_balanced_weights(method.labels, len(scene.classes), cfg.ray_balance_power)
-        if cfg.use_cse and cfg.cse_novel_views > 0:
+        if not cse_runs(cfg, scene.kind) and cfg.use_cse:
+            logger.info("CSE is off on %s scenes (--semantic.cse-kinds %s)", scene.kind, " ".join(cfg.cse_kinds))
+        if cse_runs(cfg, scene.kind) and cfg.cse_novel_views > 0:
             method._novel_c2w = novel_poses(scene, views, cfg)
         return method
 
@@ -262,7 +270,7 @@ class OVNeRF(ThreeDOVS):
 
     def callbacks(self) -> list[Callback]:
         cfg = self.cfg
-        if not cfg.use_cse or cfg.cse_every <= 0:
+        if self.scene is None or not cse_runs(cfg, self.scene.kind) or cfg.cse_every <= 0:
             return []
         return [Callback(cfg.cse_every, self.update_targets, start=cfg.cse_start)]
 

@@ -20,9 +20,9 @@ def with_ablation(cfg, name: str):
     ``reference`` (the official code's: unnormalised-feature RDA at weight 1, pairwise KL in FDA, λ_pos 200,
     uniform draws, no scale prior), ``code_rda`` / ``code_rda_w5`` / ``rda_w5`` (RDA reading and weight
     alone), ``kl_fda`` (pairwise KL in FDA). OV-NeRF (``cfg.method == "ovnerf"``): ``no_rsr``, ``no_cse``,
-    ``cse_no_novel``, ``rsr_superpixel``, ``rsr_votes`` (:data:`OVNERF_ABLATIONS`). Any single setting:
-    ``"semantic.<field>=<value>"`` or ``"features.<field>=<value>"``. Combine with ``+``, applied left to
-    right: ``"paper+no_fda"``.
+    ``cse_no_novel``, ``rsr_superpixel``, ``rsr_votes``, ``cse_every_kind`` (:data:`OVNERF_ABLATIONS`). Any
+    single setting: ``"semantic.<field>=<value>"`` or ``"features.<field>=<value>"``. Combine with ``+``,
+    applied left to right: ``"paper+no_fda"``.
     """
     if "+" in name:  # combinations, applied left to right: "code_rda_w5+no_fda"
         for part in name.split("+"):
@@ -121,11 +121,13 @@ OVNERF_ABLATIONS: dict[str, dict] = {
     "cse_no_novel": {"cse_novel_views": 0},
     "rsr_superpixel": {},  # the mask proposals replaced by superpixels (the fit's --masks)
     "rsr_votes": {"rsr_class": "votes"},  # the paper's region class: its pixels' majority
+    "cse_every_kind": {"cse_kinds": ("forward", "bounded", "unbounded")},  # the paper's: CSE on every scene
 }
 """OV-NeRF's ablations (paper §IV): no RSR (raw 2D class maps as targets), no CSE, CSE on the training views
 only, RSR with superpixels in place of the mask proposals, and ``rsr_votes`` (the paper's region class, the
-majority of its pixels, in place of our default, the region's own CLIP crop); with ``no_fda`` (3D-OVS's FDA
-off) they are its table's rows."""
+majority of its pixels, in place of our default, the region's own CLIP crop) and ``cse_every_kind`` (CSE on
+forward-facing scenes too, as the paper; by default it is off there, so there ``cse_no_novel`` is the same
+as ``no_cse``); with ``no_fda`` (3D-OVS's FDA off) they are its table's rows."""
 
 ABLATIONS = (
     "full",
