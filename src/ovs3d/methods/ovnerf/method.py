@@ -143,10 +143,11 @@ class OVNeRF(ThreeDOVS):
         method.stats["rsr_void_share"] = round(float((method.labels < 0).float().mean()), 4)
         if cfg.ray_sampling == "balanced":
             data.ray_weights = void_balanced_weights(method.labels, len(scene.classes), cfg.ray_balance_power)
-        if not cse_runs(cfg, scene.kind) and cfg.use_cse:
+        if cse_runs(cfg, scene.kind):
+            if cfg.cse_novel_views > 0:
+                method._novel_c2w = novel_poses(scene, views, cfg)
+        elif cfg.use_cse:
             logger.info("CSE is off on %s scenes (--semantic.cse-kinds %s)", scene.kind, " ".join(cfg.cse_kinds))
-        if cse_runs(cfg, scene.kind) and cfg.cse_novel_views > 0:
-            method._novel_c2w = novel_poses(scene, views, cfg)
         return method
 
     def initial_labels(self, data: SemanticData) -> Tensor:
