@@ -9,7 +9,10 @@ one, rendered at the semantic resolution), nothing read from the annotated views
 - ``affine`` / ``affine_bal``: a per-label scale and bias fitted (cross-entropy at logit scale 100; plain or
   class-balanced) to the per-view min–max pseudo-labels the run trained with (argmax of the scale-averaged
   ``R̄``);
-- ``bias`` / ``bias_bal``: the same with biases only.
+- ``bias`` / ``bias_bal``: the same with biases only;
+- ``center``: each label's cosine minus its mean over the training renders (the rendered features centred);
+- ``center_clip``: each label's cosine minus ``μ·t`` with ``μ`` the mean pixel CLIP feature of all training
+  views and scales — what ``--semantic.label-centering`` predicts (round 7).
 
 Prints one JSON line per run with the mIoU (3D-OVS protocol) of each read-out.
 
@@ -32,6 +35,7 @@ from ovs3d.foundation.features import clip_features
 from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field
 from ovs3d.methods.registry import get_method
 from ovs3d.methods.targets import normalized_clip_targets
+from ovs3d.methods.threedovs.method import mean_feature
 from ovs3d.run import _backends, _load_scene, fit_config_from_run
 
 SCALE = 100.0  # CLIP's logit scale
@@ -64,7 +68,8 @@ def probe(run: Path) -> dict[str, float]:
     ds, classes = cfg.features.semantic_downscale, list(scene.classes)
     n_c = len(classes)
     train = scene.train_views(cfg.holdout)[::2]
-    feats = clip_features(scene, clip, train, cfg.features, Path(cfg.cache_dir) if cfg.cache_dir else None)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
+    feats = clip_features(scene, clip, train, cfg.features, cache)
     logits, pseudo = [], []
     for j, v in enumerate(feats.view_ids):
         logits.append(method.label_logits(method.render_view(scene, v, ds)).reshape(-1, n_c).float())
@@ -80,6 +85,13 @@ def probe(run: Path) -> dict[str, float]:
     readouts = {
         name: (-(lo / (hi - lo).clamp_min(1e-6)), 1 / (hi - lo).clamp_min(1e-6)) for name, (lo, hi) in ranges.items()
     }
+    # Centring (hubness reduction): subtract the scene's mean feature before the cosine, i.e. each label's mean
+    # cosine over the training renders; ``center_clip`` takes the mean of the training views' 2D CLIP features
+    # instead (all views and scales: the library's ``label_centering``).
+    readouts["center"] = (-lt.mean(0), torch.ones(n_c))
+    all_feats = clip_features(scene, clip, scene.train_views(cfg.holdout), cfg.features, cache)
+    mu = mean_feature([normalized_clip_targets(all_feats[j]) for j in range(len(all_feats.view_ids))])
+    readouts["center_clip"] = (-(method.text.float() @ mu), torch.ones(n_c))  # what label_centering predicts
     with torch.enable_grad():
         for name, balanced, bias_only, steps in [
             ("affine", False, False, 300),

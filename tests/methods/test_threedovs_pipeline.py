@@ -124,6 +124,7 @@ def test_patch_indices_are_square_windows_of_one_view():
 
 
 def test_variants_set_what_they_name(tmp_path):
+
     import pytest
 
     from ovs3d.methods.threedovs.ablations import with_ablation
@@ -375,3 +376,87 @@ def test_prior_targets_read_the_targets_at_the_prior_scale(tiny_scene_dir, tmp_p
     )
     _, parts_off = m_off.loss(0, torch.Generator().manual_seed(0))
     assert not torch.isclose(parts_off["feat"], parts["feat"])
+
+
+def test_mean_feature_is_the_mean_over_every_pixel_and_scale():
+    from ovs3d.methods.threedovs.method import mean_feature
+
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(6, 3, 5, generator=g).half(), torch.randn(4, 3, 5, generator=g).half()]
+    direct = torch.cat([v.float().reshape(-1, 5) for v in views]).mean(0)
+    assert torch.allclose(mean_feature(views), direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("centering", [True, False])
+def test_label_centering_subtracts_the_mean_image_features_cosine_and_survives_a_reload(
+    tiny_scene_dir, tmp_path, centering
+):
+    from ovs3d.methods.base import train_method
+    from ovs3d.methods.threedovs.method import ThreeDOVS
+
+    trained, data = _random_targets(tiny_scene_dir, tmp_path)
+    data.clip_mean = torch.nn.functional.normalize(torch.randn(16, generator=torch.Generator().manual_seed(2)), dim=0)
+    cfg = SemanticConfig(
+        n_iters=2, joint_start=1, batch_size=32, use_fda=False, selection_prior="none", label_centering=centering
+    )
+    method = train_method(ThreeDOVS.from_data(trained, cfg, data), tmp_path / "run")
+    loaded = ThreeDOVS.load(trained, tmp_path / "run", "cpu")
+    render = {"features": torch.randn(7, 16, generator=torch.Generator().manual_seed(3))}
+    raw = torch.nn.functional.normalize(render["features"], dim=-1) @ data.text.T  # [7, C] cosines
+    # A hub direction: the label the mean image feature leans to is the one centring holds back.
+    expected = raw - data.text @ data.clip_mean if centering else raw
+    for m in (method, loaded):
+        assert torch.allclose(m.prediction_logits(render), expected, atol=1e-5)
+        assert torch.equal(m.predict_labels(render), expected.argmax(-1))
+        assert torch.allclose(m.label_scores(render), torch.softmax(100 * expected, -1), atol=1e-4)
+    assert torch.allclose(loaded.label_logits(render), raw, atol=1e-5)  # query's cosines stay raw
+
+
+def test_label_centering_is_on_for_3dovs_only_and_off_for_runs_stored_before_it():
+    from pathlib import Path
+
+    from ovs3d.methods.ovnerf.config import OVNeRFConfig
+    from ovs3d.methods.threedovs.ablations import with_ablation
+    from ovs3d.methods.threedovs.method import ThreeDOVS
+    from ovs3d.run import FitConfig
+
+    assert SemanticConfig().label_centering is True
+    assert ThreeDOVS.config_from_dict({"n_iters": 3}).label_centering is False
+    assert OVNeRFConfig().label_centering is False
+    for variant in ("paper", "reference", "previous"):
+        assert with_ablation(FitConfig(scene=Path("s"), out=Path("o")), variant).semantic.label_centering is False
+
+
+@pytest.mark.parametrize("centering", [True, False])
+def test_label_centering_centres_the_logits_rda_and_fda_train(tiny_scene_dir, tmp_path, centering):
+    m = _method_on_random_targets(tiny_scene_dir, tmp_path, label_centering=centering)
+    m.clip_mean = torch.nn.functional.normalize(torch.randn(16, generator=torch.Generator().manual_seed(4)), dim=0)
+    feats = 3 * torch.randn(5, 16, generator=torch.Generator().manual_seed(5))
+    bias = m.text @ m.clip_mean if centering else torch.zeros(m.text.shape[0])
+    cos = L.segmentation_logits(feats, m.text)
+    raw = L.segmentation_logits(feats, m.text, normalize=False)
+    assert torch.allclose(m.centred_for_training(cos, feats, normalized=True), cos - bias, atol=1e-5)
+    # The code's unnormalised RDA logits |f| cos: centred as |f| (cos - mu.t), the same ranking as the prediction.
+    expected = feats.norm(dim=-1, keepdim=True) * (cos - bias)
+    assert torch.allclose(m.centred_for_training(raw, feats, normalized=False), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kind", "settings", "kept"),
+    [
+        ("forward", {}, True),
+        ("bounded", {}, False),
+        ("unbounded", {}, False),
+        ("bounded", {"label_centering_kinds": ("forward", "bounded")}, True),
+        ("forward", {"label_centering": False}, True),  # off anyway: label_bias is None, the mean stays
+    ],
+)
+def test_label_centering_runs_on_the_kinds_it_is_set_for(kind, settings, kept):
+    from ovs3d.methods.threedovs.method import SemanticData, limit_centring_to_kinds
+
+    data = SemanticData(
+        pixels=None, clip_targets=None, relevancy=None, rgb=None, cells=None, dino=None, cell_grid=(0, 0, 0),
+        text=None, clip_mean=torch.ones(4),
+    )  # fmt: skip
+    limit_centring_to_kinds(data, SemanticConfig(**settings), kind)
+    assert (data.clip_mean is not None) == kept

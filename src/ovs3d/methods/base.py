@@ -144,14 +144,18 @@ class SemanticMethod(abc.ABC):
         rel, _ = best_scale_relevancy(flat, queries.to(flat.device).float(), negatives.to(flat.device).float())
         return rel.reshape(*shape, queries.shape[0])
 
+    def prediction_logits(self, render: dict[str, Tensor]) -> Tensor:
+        """``[..., C]`` the scores the scene's labels are predicted from (default: :meth:`label_logits`)."""
+        return self.label_logits(render)
+
     def label_scores(self, render: dict[str, Tensor]) -> Tensor:
-        """``[..., C]`` probability of each label: softmax over the labels of ``score_scale`` × the logits (for
-        cosine logits, CLIP's own zero-shot classification probabilities)."""
-        return torch.softmax(self.label_logits(render).float() * self.score_scale, dim=-1)
+        """``[..., C]`` probability of each label: softmax over the labels of ``score_scale`` × the prediction
+        logits (for cosine logits, CLIP's own zero-shot classification probabilities)."""
+        return torch.softmax(self.prediction_logits(render).float() * self.score_scale, dim=-1)
 
     def predict_labels(self, render: dict[str, Tensor]) -> Tensor:
-        """``[...]`` int64 label indices: argmax over the scene's labels (closed set)."""
-        return self.label_logits(render).argmax(-1)
+        """``[...]`` int64 label indices: argmax of the prediction logits over the scene's labels (closed set)."""
+        return self.prediction_logits(render).argmax(-1)
 
     def render_view(self, scene: Scene, view: int, downscale: float) -> dict[str, Tensor]:
         """Render a training/annotated view at ``1/downscale``: each output reshaped to ``[H, W, ...]``."""

@@ -16,13 +16,13 @@ def with_ablation(cfg, name: str):
     scale beats the three scales on every validation scene).
     Table 4: ``no_selection`` (scales averaged, no Selection Volume), ``no_neg`` (FDA without ``neg_F``).
     ``previous``: the library defaults before issue 8 (settings added since are off).
-    Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200, uniform ray draws, no scale prior),
-    ``reference`` (the official code's: unnormalised-feature RDA at weight 1, pairwise KL in FDA, λ_pos 200,
-    uniform draws, no scale prior), ``code_rda`` / ``code_rda_w5`` / ``rda_w5`` (RDA reading and weight
-    alone), ``kl_fda`` (pairwise KL in FDA). OV-NeRF (``cfg.method == "ovnerf"``): ``no_rsr``, ``no_cse``,
-    ``cse_no_novel``, ``rsr_superpixel``, ``rsr_votes``, ``cse_every_kind`` (:data:`OVNERF_ABLATIONS`). Any
-    single setting: ``"semantic.<field>=<value>"`` or ``"features.<field>=<value>"``. Combine with ``+``,
-    applied left to right: ``"paper+no_fda"``.
+    Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200, uniform ray draws, no scale prior,
+    raw-cosine labels), ``reference`` (the official code's: unnormalised-feature RDA at weight 1, pairwise KL in
+    FDA, λ_pos 200, uniform draws, no scale prior, raw-cosine labels), ``code_rda`` / ``code_rda_w5`` / ``rda_w5``
+    (RDA reading and weight alone), ``kl_fda`` (pairwise KL in FDA). OV-NeRF (``cfg.method == "ovnerf"``):
+    ``no_rsr``, ``no_cse``, ``cse_no_novel``, ``rsr_superpixel``, ``rsr_votes``, ``cse_every_kind``
+    (:data:`OVNERF_ABLATIONS`). Any single setting: ``"semantic.<field>=<value>"`` or
+    ``"features.<field>=<value>"``. Combine with ``+``, applied left to right: ``"paper+no_fda"``.
     """
     if "+" in name:  # combinations, applied left to right: "code_rda_w5+no_fda"
         for part in name.split("+"):
@@ -45,6 +45,7 @@ def with_ablation(cfg, name: str):
                 fda_w_pos=200.0,
                 ray_sampling="uniform",
                 selection_prior="none",
+                label_centering=False,
             ),
         )
     if name == "reference":  # the official code's readings and values (unnormalised RDA, KL in FDA)
@@ -58,6 +59,7 @@ def with_ablation(cfg, name: str):
                 fda_w_pos=200.0,
                 ray_sampling="uniform",
                 selection_prior="none",
+                label_centering=False,
             ),
         )
     if name in OVNERF_ABLATIONS:  # OV-NeRF's Table ablations (its config has these fields)

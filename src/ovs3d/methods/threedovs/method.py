@@ -56,6 +56,8 @@ class SemanticData:
         view_size: ``(w, h)`` of those views at the semantic resolution.
         downscale: that resolution is ``1 / downscale`` of the images (None when not from a scene).
         raw_relevancy: ``[R_p, S, C]`` the cosines before any normalisation, when asked for, else None.
+        clip_mean: ``[D]`` mean of the pixel CLIP features over all pixels and scales of the CLIP views (the
+            centre of ``label_centering``), or None.
     """
 
     pixels: RaySamples
@@ -72,6 +74,7 @@ class SemanticData:
     view_size: tuple[int, int] = (0, 0)
     downscale: float | None = None
     raw_relevancy: Tensor | None = None
+    clip_mean: Tensor | None = None
 
 
 def pseudo_classes(relevancy: Tensor, scale_prior: Tensor | None = None) -> Tensor:
@@ -244,7 +247,23 @@ def prepare_data(
         view_size=scene.image_size(fcfg.semantic_downscale),
         downscale=fcfg.semantic_downscale,
         raw_relevancy=torch.cat(raws) if keep_raw_relevancy else None,
+        clip_mean=mean_feature(targets),
     )
+
+
+def mean_feature(targets: list[Tensor]) -> Tensor:
+    """``[D]`` float32 mean over every row and scale of per-view unit features ``[h*w, S, D]``."""
+    total = sum(t.float().sum(dim=(0, 1)) for t in targets)
+    count = sum(t.shape[0] * t.shape[1] for t in targets)
+    return total / max(count, 1)
+
+
+def limit_centring_to_kinds(data: SemanticData, cfg: SemanticConfig, kind: str) -> None:
+    """Drop ``data.clip_mean`` (raw cosines in training and in the stored run) when ``label_centering`` is
+    on but the scene's ``kind`` is not in ``label_centering_kinds``."""
+    if cfg.label_centering and kind not in cfg.label_centering_kinds:
+        logger.info("label centring is off on %s scenes (--semantic.label-centering-kinds)", kind)
+        data.clip_mean = None
 
 
 def build_heads(trained: TrainedField, cfg: SemanticConfig, feature_dim: int, n_scales: int) -> SemanticHeads:
@@ -289,7 +308,15 @@ class ThreeDOVS(SemanticMethod):
     name = "3dovs"
     config_type = SemanticConfig
     legacy_settings = LEGACY_SETTINGS
-    summary_settings = ("rda_mode", "use_fda", "use_rda", "fda_rebalance", "ray_sampling")
+    summary_settings = (
+        "rda_mode",
+        "use_fda",
+        "use_rda",
+        "fda_rebalance",
+        "ray_sampling",
+        "label_centering",
+        "label_centering_kinds",
+    )
 
     def __init__(
         self,
@@ -305,6 +332,7 @@ class ThreeDOVS(SemanticMethod):
         self.feature_dim, self.n_scales = feature_dim, n_scales
         self.heads = build_heads(trained, cfg, feature_dim, n_scales).to(device)
         self.data = data
+        self.clip_mean = None if data is None or data.clip_mean is None else data.clip_mean.to(device)
 
     @classmethod
     def needs(cls, cfg: SemanticConfig) -> set[str]:
@@ -314,6 +342,7 @@ class ThreeDOVS(SemanticMethod):
     def prepare(cls, scene, trained, fit_cfg, backends, device) -> ThreeDOVS:
         views = scene.train_views(fit_cfg.holdout)
         data = prepare_data(scene, trained, fit_cfg, backends["clip"], backends.get("dino"), views)
+        limit_centring_to_kinds(data, fit_cfg.semantic, scene.kind)
         return cls.from_data(trained, fit_cfg.semantic, data, device)
 
     @classmethod
@@ -378,6 +407,7 @@ class ThreeDOVS(SemanticMethod):
             terms["sel"] = (cfg.selection_prior_weight, loss_sel)
         if cfg.use_rda and cfg.rda_weight > 0:
             logits = L.segmentation_logits(out["features"], self.text, normalize=cfg.rda_mode == "paper")
+            logits = self.centred_for_training(logits, out["features"], normalized=cfg.rda_mode == "paper")
             rda_selection = self.target_selection(selection.detach() if cfg.rda_detach_selection else selection, idx)
             rel = L.relevancy_targets(data.relevancy[idx].to(self.device), rda_selection)
             loss_rda = L.rda_loss(logits, rel, mode=cfg.rda_mode, temperature=cfg.rda_temperature)
@@ -391,7 +421,8 @@ class ThreeDOVS(SemanticMethod):
         pidx = patch_indices(n_views, gh, gw, cfg.patch_cells, cfg.n_patches, generator)  # [B_p, P]
         cells = data.cells.index(pidx.reshape(-1)).to(self.device)
         feats = render_semantic_samples(self.trained, self.heads, cells, with_select=False, with_rgb=False)["features"]
-        logits = L.segmentation_logits(feats, self.text).reshape(pidx.shape[0], pidx.shape[1], -1)
+        logits = self.centred_for_training(L.segmentation_logits(feats, self.text), feats, normalized=True)
+        logits = logits.reshape(pidx.shape[0], pidx.shape[1], -1)
         dino = data.dino[pidx.reshape(-1)].to(self.device).float().reshape(pidx.shape[0], pidx.shape[1], -1)
         loss = L.fda_loss(
             logits,
@@ -441,6 +472,7 @@ class ThreeDOVS(SemanticMethod):
             "text": self.text.cpu(),
             "feature_dim": self.feature_dim,
             "n_scales": self.n_scales,
+            **({} if self.clip_mean is None else {"clip_mean": self.clip_mean.cpu()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -464,6 +496,8 @@ class ThreeDOVS(SemanticMethod):
         n_scales = int(state.get("n_scales", state["heads"]["select_basis.weight"].shape[0]))
         dim = int(state.get("feature_dim", state["text"].shape[-1]))
         method = cls(trained, cfg, state["text"], device, dim, n_scales)
+        if "clip_mean" in state:  # runs stored before label_centering have none (and read it as False)
+            method.clip_mean = state["clip_mean"].to(device)
         method.heads.load_state_dict(state["heads"])
         trained.field.load_state_dict(state["field"])
         method.load_extra_state(state)
@@ -472,6 +506,25 @@ class ThreeDOVS(SemanticMethod):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Method-specific state of a loaded checkpoint (none for 3D-OVS)."""
+
+    def label_bias(self) -> Tensor | None:
+        """``[C]`` the offsets ``μ·t_c`` of ``label_centering`` (None when off or not known)."""
+        if not self.cfg.label_centering or self.clip_mean is None:
+            return None
+        return self.text @ self.clip_mean.to(self.text.device)
+
+    def centred_for_training(self, logits: Tensor, feats: Tensor, normalized: bool) -> Tensor:
+        """``[R, C]`` training logits of features ``[R, D]``, centred with ``label_centering`` (cosine logits
+        minus ``μ·t_c``; unnormalised ones minus ``|f| μ·t_c``), else unchanged."""
+        bias = self.label_bias()
+        if bias is None:
+            return logits
+        return logits - (bias if normalized else feats.norm(dim=-1, keepdim=True) * bias)
+
+    def prediction_logits(self, render: dict[str, Tensor]) -> Tensor:
+        """``[..., C]`` cosines with the labels, centred with ``label_centering``: ``cos(f, t_c) − μ·t_c``."""
+        logits, bias = self.label_logits(render), self.label_bias()
+        return logits if bias is None else logits - bias.to(logits.device, logits.dtype)
 
     @torch.no_grad()
     def render_rays(self, rays_o: Tensor, rays_d: Tensor, near: float, chunk: int = 4096) -> dict[str, Tensor]:
