@@ -8,7 +8,8 @@ run; finished runs are skipped when the script is re-run) and are summarised in 
 
 Scene sets (``--set``): ``tabletop`` (the default preset, seeds as given) and the small-object hard cases
 of issue 8, ``hard-val`` (validation: used to choose settings, never reported as results) and ``hard-test``
-(test: seeds and options fixed before any result was seen, only reported). Their make-scene options are in
+(test: seeds and options fixed before any result was seen, only reported), and ``fresh`` (made after a
+default was chosen and tested, to check it on scenes nothing was tried on). Their make-scene options are in
 :data:`SCENE_SETS`. Every record holds the per-label IoU (mean over the annotated views) and each label's
 share of the annotated views' pixels; the 2D baseline is scored raw, min-max normalised over the 3 scales
 and min-max normalised per scale.
@@ -69,6 +70,13 @@ SCENE_SETS: dict[str, dict[int, dict]] = {
             "small_touch_prob": 1.0,
         },
         2003: {"n_objects": (4, 5), "n_small": (1, 2), "small_confused": True},
+    },
+    # fresh: made after round 7's default was chosen and tested, to check it on scenes nothing was tried on
+    "fresh": {
+        3000: {"n_objects": (6, 7), "hub_labels": 3},
+        3001: {"width": 200, "height": 150, "n_small": (1, 2), "small_confused": True},
+        3002: {"n_small": (3, 4), "small_touch_prob": 0.8, "hub_labels": 2},
+        3003: {"n_objects": (3, 4)},
     },
 }
 """Seeds and make-scene options of the hard-case scene sets (issue 8)."""
