@@ -124,7 +124,6 @@ def test_patch_indices_are_square_windows_of_one_view():
 
 
 def test_variants_set_what_they_name(tmp_path):
-
     import pytest
 
     from ovs3d.methods.threedovs.ablations import with_ablation
@@ -442,21 +441,37 @@ def test_label_centering_centres_the_logits_rda_and_fda_train(tiny_scene_dir, tm
 
 
 @pytest.mark.parametrize(
-    ("kind", "settings", "kept"),
+    ("kind", "settings", "runs"),
     [
         ("forward", {}, True),
         ("bounded", {}, False),
         ("unbounded", {}, False),
         ("bounded", {"label_centering_kinds": ("forward", "bounded")}, True),
-        ("forward", {"label_centering": False}, True),  # off anyway: label_bias is None, the mean stays
+        ("forward", {"label_centering": False}, False),
     ],
 )
-def test_label_centering_runs_on_the_kinds_it_is_set_for(kind, settings, kept):
-    from ovs3d.methods.threedovs.method import SemanticData, limit_centring_to_kinds
+def test_label_centering_runs_on_the_kinds_it_is_set_for(kind, settings, runs):
+    from ovs3d.methods.threedovs.method import centring_runs
 
-    data = SemanticData(
-        pixels=None, clip_targets=None, relevancy=None, rgb=None, cells=None, dino=None, cell_grid=(0, 0, 0),
-        text=None, clip_mean=torch.ones(4),
-    )  # fmt: skip
-    limit_centring_to_kinds(data, SemanticConfig(**settings), kind)
-    assert (data.clip_mean is not None) == kept
+    assert centring_runs(SemanticConfig(**settings), kind) == runs
+
+
+def test_prepare_computes_the_centre_only_where_centring_runs(tiny_scene_dir, tmp_path):
+    from dataclasses import replace
+
+    from ovs3d.foundation.features import clip_features
+    from ovs3d.foundation.registry import build_clip
+    from ovs3d.methods.threedovs.method import mean_feature, normalized_clip_targets, prepare_data
+    from ovs3d.run import FitConfig
+
+    scene = load_scene(tiny_scene_dir)
+    trained = _trained(scene, tmp_path)
+    views = scene.train_views(False)
+    clip = build_clip("sim", scene.root)
+    cfg = FitConfig(scene=tiny_scene_dir, out=tmp_path / "run", semantic=SemanticConfig(use_fda=False))
+    data = prepare_data(scene, trained, cfg, clip, None, views)
+    feats = clip_features(scene, clip, views, cfg.features, None)
+    expected = mean_feature([normalized_clip_targets(feats[j]) for j in range(len(feats.view_ids))])
+    assert scene.kind == "forward" and torch.allclose(data.clip_mean, expected)
+    off = replace(cfg, semantic=SemanticConfig(use_fda=False, label_centering_kinds=("bounded",)))
+    assert prepare_data(scene, trained, off, clip, None, views).clip_mean is None

@@ -34,13 +34,7 @@ from ovs3d.io.scene import Scene
 from ovs3d.methods.loop import Callback
 from ovs3d.methods.ovnerf.config import OVNeRFConfig
 from ovs3d.methods.ovnerf.rsr import class_map_from_relevancy, region_crop_classes, region_vote
-from ovs3d.methods.threedovs.method import (
-    SemanticData,
-    ThreeDOVS,
-    class_balanced_weights,
-    limit_centring_to_kinds,
-    prepare_data,
-)
+from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS, class_balanced_weights, prepare_data
 from ovs3d.render.cached import RaySamples, render_semantic_samples, top_samples
 from ovs3d.render.rays import pixel_grid
 from ovs3d.render.scene_rays import camera_rays_in_field, ray_near
@@ -129,7 +123,6 @@ class OVNeRF(ThreeDOVS):
         views = scene.train_views(fit_cfg.holdout)
         keep_raw = cfg.rsr_relevancy != "view"  # RSR's 2D maps normalise the cosines themselves
         data = prepare_data(scene, trained, fit_cfg, backends["clip"], backends.get("dino"), views, keep_raw)
-        limit_centring_to_kinds(data, cfg, scene.kind)
         method = cls.from_data(trained, cfg, data, device)
         method.scene, method.masks_backend = scene, backends.get("masks")
         if cfg.prompt_templates != "none":

@@ -57,7 +57,7 @@ class SemanticData:
         downscale: that resolution is ``1 / downscale`` of the images (None when not from a scene).
         raw_relevancy: ``[R_p, S, C]`` the cosines before any normalisation, when asked for, else None.
         clip_mean: ``[D]`` mean of the pixel CLIP features over all pixels and scales of the CLIP views (the
-            centre of ``label_centering``), or None.
+            centre of ``label_centering``), or None where centring does not run (:func:`centring_runs`).
     """
 
     pixels: RaySamples
@@ -247,7 +247,7 @@ def prepare_data(
         view_size=scene.image_size(fcfg.semantic_downscale),
         downscale=fcfg.semantic_downscale,
         raw_relevancy=torch.cat(raws) if keep_raw_relevancy else None,
-        clip_mean=mean_feature(targets),
+        clip_mean=mean_feature(targets) if centring_runs(scfg, scene.kind) else None,
     )
 
 
@@ -258,12 +258,12 @@ def mean_feature(targets: list[Tensor]) -> Tensor:
     return total / max(count, 1)
 
 
-def limit_centring_to_kinds(data: SemanticData, cfg: SemanticConfig, kind: str) -> None:
-    """Drop ``data.clip_mean`` (raw cosines in training and in the stored run) when ``label_centering`` is
-    on but the scene's ``kind`` is not in ``label_centering_kinds``."""
+def centring_runs(cfg: SemanticConfig, kind: str) -> bool:
+    """Whether labels are centred on a scene of ``kind`` (``label_centering`` and ``kind`` in
+    ``label_centering_kinds``); where not, no centre is computed and the run keeps raw cosines."""
     if cfg.label_centering and kind not in cfg.label_centering_kinds:
         logger.info("label centring is off on %s scenes (--semantic.label-centering-kinds)", kind)
-        data.clip_mean = None
+    return cfg.label_centering and kind in cfg.label_centering_kinds
 
 
 def build_heads(trained: TrainedField, cfg: SemanticConfig, feature_dim: int, n_scales: int) -> SemanticHeads:
@@ -342,7 +342,6 @@ class ThreeDOVS(SemanticMethod):
     def prepare(cls, scene, trained, fit_cfg, backends, device) -> ThreeDOVS:
         views = scene.train_views(fit_cfg.holdout)
         data = prepare_data(scene, trained, fit_cfg, backends["clip"], backends.get("dino"), views)
-        limit_centring_to_kinds(data, fit_cfg.semantic, scene.kind)
         return cls.from_data(trained, fit_cfg.semantic, data, device)
 
     @classmethod
