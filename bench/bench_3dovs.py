@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ovs3d.eval.baseline import run_baseline
+from ovs3d.foundation.features import FeatureConfig
 from ovs3d.methods.threedovs.ablations import ABLATIONS, with_ablation
 from ovs3d.run import FitConfig, evaluate, fit
 from ovs3d.scenegen import make_scene
@@ -56,6 +57,10 @@ SCENE_SETS: dict[str, dict[int, dict]] = {
             "small_confused": True,
             "hub_labels": 1,
         },
+        # small images (added with the DINO grid floor, round 8): the floor acts below 240 px
+        1003: {"width": 160, "height": 120},
+        1004: {"width": 200, "height": 150, **SMALL},
+        1005: {"width": 128, "height": 96, "n_objects": (3, 4), "hub_labels": 1},
     },
     # test: fixed before any result was seen; only reported
     "hard-test": {
@@ -70,6 +75,10 @@ SCENE_SETS: dict[str, dict[int, dict]] = {
             "small_touch_prob": 1.0,
         },
         2003: {"n_objects": (4, 5), "n_small": (1, 2), "small_confused": True},
+        # small images (fixed with the DINO grid floor of round 8, before its test runs)
+        2004: {"width": 160, "height": 120, **SMALL},
+        2005: {"width": 200, "height": 150, "n_objects": (4, 6), "hub_labels": 2},
+        2006: {"width": 240, "height": 180, "n_small": (1, 2)},
     },
     # fresh: made after round 7's default was chosen and tested, to check it on scenes nothing was tried on
     "fresh": {
@@ -149,6 +158,13 @@ def main() -> None:
         default=["full"],
         help=f"variants (combine with +, e.g. code_rda_w5+no_fda): {', '.join(ABLATIONS)}",
     )
+    ap.add_argument(
+        "--features",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="feature settings for the 2D baselines and every run of this --out, e.g. semantic_downscale=2",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/out/3dovs"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -161,6 +177,10 @@ def main() -> None:
     seeds = args.seeds or default_seeds.get(args.scene_set) or sorted(SCENE_SETS[args.scene_set])
     # tabletop records keep their earlier names ("seed0/...")
     prefix = "" if args.scene_set == "tabletop" else f"{args.scene_set}/"
+    feature_settings = [f"features.{a}" for a in args.features]
+    feat_cfg = FeatureConfig()
+    for a in feature_settings:
+        feat_cfg = with_ablation(FitConfig(scene=Path("."), out=Path("."), features=feat_cfg), a).features
     for seed in seeds:
         scene_dir = scene_dir_for(args.out, args.scene_set, seed)
         shares = label_shares(scene_dir)
@@ -168,8 +188,9 @@ def main() -> None:
             tag = ("-minmax" if normalize else "") + (f"-scale{scales[0]}" if scales else "")
             name = f"{prefix}seed{seed}/baseline{tag}"
             if name not in done:
-                m = run_baseline(scene_dir, args.out / name, normalize=normalize, scales=scales)
-                mo = run_baseline(scene_dir, args.out / name, normalize=normalize, scales=scales, protocol="ovnerf")
+                kw = {"normalize": normalize, "scales": scales, "cfg": feat_cfg}
+                m = run_baseline(scene_dir, args.out / name, **kw)
+                mo = run_baseline(scene_dir, args.out / name, **kw, protocol="ovnerf")
                 _log(
                     results,
                     {
@@ -178,6 +199,7 @@ def main() -> None:
                         "seed": seed,
                         "method": "2d-baseline",
                         "normalize": normalize,
+                        "features": args.features or None,
                         "scales": list(scales) if scales else None,
                         "protocol": "3dovs",
                         "miou": m["miou"],
@@ -199,7 +221,7 @@ def main() -> None:
                 # "ovnerf", "ovnerf+no_rsr": OV-NeRF and its ablations; anything else is a 3D-OVS variant
                 method, _, rest = abl.partition("+") if abl.startswith("ovnerf") else ("3dovs", "", abl)
                 base = FitConfig(scene=scene_dir, out=run, holdout=holdout, method=method)
-                cfg = with_ablation(base, rest or "full")
+                cfg = with_ablation(base, "+".join([*feature_settings, rest or "full"]))
                 # one reconstruction per seed and protocol, shared by the full method and its ablations
                 # fit resumes an interrupted reconstruction and returns at once for a finished one
                 fresh = not (recon_run / "checkpoints" / "reconstruction.pt").exists()
@@ -218,6 +240,7 @@ def main() -> None:
                     "seed": seed,
                     "protocol": protocol,
                     "ablation": abl,
+                    "features": args.features or None,
                     "method": method,
                     "miou": m["miou"],
                     "accuracy": m["accuracy"],

@@ -1,9 +1,10 @@
 """Per-scene table of one 3D-OVS variant against the defaults, with the 2D baselines and lost labels.
 
 The variant's records come from ``--results``; the defaults' record of a scene is taken from the same file
-when it holds one (``<scene>/3dovs/full``), else from ``--reference`` under the given name, but only when that
-record was measured on the same scene (the same labels and the same min–max 2D baseline: scene generators
-change between versions). "Lost" = labels with 2D min–max IoU ≥ 0.3 that end below 0.5 (issue 8).
+when it holds one (``<scene>/3dovs/<name>``, the first of ``--reference-names``, default ``full``), else from
+``--reference`` under the given name, but only when that record was measured on the same scene (the same
+labels and the same min–max 2D baseline: scene generators change between versions). "Lost" = labels with 2D
+min–max IoU ≥ 0.3 that end below 0.5 (issue 8).
 
 Usage::
 
@@ -26,7 +27,12 @@ def main() -> None:
     ap.add_argument("--results", type=Path, required=True)
     ap.add_argument("--variant", required=True)
     ap.add_argument("--reference", type=Path, default=None, help="older records holding the defaults' runs")
-    ap.add_argument("--reference-names", nargs="+", default=["semantic.ray_sampling=balanced", "full"])
+    ap.add_argument(
+        "--reference-names",
+        nargs="+",
+        default=["full", "semantic.ray_sampling=balanced"],
+        help="names the defaults' record may have, in order of preference",
+    )
     ap.add_argument("--protocol", default="3dovs", help="3dovs or holdout (the records' name segment)")
     args = ap.parse_args()
 
@@ -49,7 +55,8 @@ def main() -> None:
         scene = rec["name"][: -len(f"/{seg}/{args.variant}")]
         mm = find(new, scene, "baseline-minmax")
         raw, s2 = find(new, scene, "baseline"), find(new, scene, "baseline-minmax-scale2")
-        default = find(new, scene, f"{seg}/full")
+        # the defaults' record: the first of --reference-names held by this file, else by --reference
+        default = next((r for n in args.reference_names if (r := find(new, scene, f"{seg}/{n}"))), None)
         if default is None:
             for name in args.reference_names:
                 old, old_mm = find(ref, scene, f"{seg}/{name}"), find(ref, scene, "baseline-minmax")

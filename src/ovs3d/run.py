@@ -242,10 +242,14 @@ def fit(cfg: FitConfig) -> Path:
 
 
 def _with_legacy_recon(fit_cfg: dict[str, Any], scene_kind: str | None, recon: ReconstructionConfig) -> dict[str, Any]:
-    """A stored ``fit`` config with the reconstruction settings added since it was written, as they were then:
+    """A stored ``fit`` config with the settings added since it was written, as they were then: no DINO grid floor
+    (``features.dino_min_cells`` None), and for the reconstruction
     ``unbounded_iters_factor`` 1 for an unbounded scene (older runs trained every kind alike), and no box
     shrink (``shrink_kinds`` empty) where ``recon`` would shrink the run's kind; where a setting changes
     nothing for the run's kind it takes ``recon``'s value and never blocks a resume."""
+    features = fit_cfg.get("features")
+    if isinstance(features, dict) and "dino_min_cells" not in features:  # DINO saw the image as dino_downscale said
+        fit_cfg = {**fit_cfg, "features": {**features, "dino_min_cells": None}}
     stored_recon = fit_cfg.get("recon")
     if not isinstance(stored_recon, dict):
         return fit_cfg

@@ -84,7 +84,7 @@ def test_fit_to_a_log_file_reports_stages_progress_and_an_estimate(work: Path):
         "fit 3dovs: 6 training views",
         "reconstruction: 12 iterations × 64 rays on cpu",
         "pixel CLIP features: 6 views × ",
-        "DINO features: 6 views at 64×48",
+        "DINO features: 6 views at 320×240",  # enlarged: DINO keeps 30 cells across (dino_min_cells)
         "semantic (3dovs): 6 iterations × 256 rays on cpu",
     ]
     for start in starts:

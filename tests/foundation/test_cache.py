@@ -18,6 +18,7 @@ from ovs3d.foundation.features import (
     clip_features,
     default_cache_root,
     dino_features,
+    dino_input_downscale,
     mask_proposals,
     masks_to_label_map,
     select_views,
@@ -297,7 +298,7 @@ def test_select_views() -> None:
 
 def test_dino_and_masks_on_a_scene(tmp_path: Path, image_scene) -> None:
     scene = image_scene(tmp_path / "scene", n=2)
-    cfg = FeatureConfig(semantic_downscale=2.0)
+    cfg = FeatureConfig(semantic_downscale=2.0, dino_min_cells=None)
     dino = dino_features(scene, FakeDino(), [0, 1], cfg, cache_root=tmp_path / "c")
     assert len(dino) == 2 and dino[1].shape == (7, 10, 4) and dino.view_ids == [0, 1]
     masks = mask_proposals(scene, FakeMasks(), [1], cfg, cache_root=tmp_path / "c")
@@ -307,6 +308,36 @@ def test_dino_and_masks_on_a_scene(tmp_path: Path, image_scene) -> None:
     label = masks.label_map(0)
     assert label.dtype == np.int32 and label[0, 0] == 2 and label[10, 20] == 1 and label[-1, -1] == 0
     assert masks_to_label_map(np.zeros((1, 2, 2), bool)).tolist() == [[-1, -1], [-1, -1]]
+
+
+def test_dino_input_downscale_against_the_formula() -> None:
+    """DINO's input is enlarged only where its grid would have fewer than dino_min_cells cells (never shrunk)."""
+    for (w, h), ds, min_cells, stride in [
+        ((160, 120), 1.0, 30, 8),
+        ((320, 240), 1.0, 30, 8),
+        ((4032, 3024), 4.0, 30, 8),
+        ((200, 150), 1.0, 30, 16),
+        ((160, 120), 2.0, 10, 8),
+    ]:
+        cfg = FeatureConfig(dino_downscale=ds, dino_min_cells=min_cells)
+        expected = min(ds, min(w, h) / (stride * min_cells))
+        assert dino_input_downscale(cfg, w, h, stride) == pytest.approx(expected)
+        assert min(w, h) / dino_input_downscale(cfg, w, h, stride) / stride >= min_cells - 1e-6
+    assert dino_input_downscale(FeatureConfig(), 160, 120, 8) == pytest.approx(0.5)
+    assert dino_input_downscale(FeatureConfig(), 320, 240, 8) == 1.0  # large enough: as given
+    assert dino_input_downscale(FeatureConfig(dino_min_cells=None), 160, 120, 8) == 1.0
+
+
+def test_dino_grid_keeps_its_floor_on_a_small_scene(tmp_path: Path, image_scene) -> None:
+    """An 80x60 scene: by default DINO sees it at 320x240 (30 cells across); the floor off, at 80x60 (7)."""
+    scene = image_scene(tmp_path / "scene", n=1)
+    root = tmp_path / "c"
+    floor = dino_features(scene, FakeDino(), [0], FeatureConfig(), cache_root=root)
+    plain = dino_features(scene, FakeDino(), [0], FeatureConfig(dino_min_cells=None), cache_root=root)
+    assert floor[0].shape == (30, 40, 4) and plain[0].shape == (7, 10, 4)
+    assert floor.key != plain.key  # the cache tells the two apart
+    coarse = dino_features(scene, FakeDino(), [0], FeatureConfig(dino_min_cells=5), cache_root=root)
+    assert coarse[0].shape == (7, 10, 4) and coarse.key == plain.key  # a floor already met changes nothing
 
 
 def test_a_second_writer_waits_and_reads_the_first_ones_entry(tmp_path: Path) -> None:

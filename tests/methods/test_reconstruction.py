@@ -164,3 +164,12 @@ def test_bounded_box_shrinks_to_the_surfaces_and_resumes(tiny_scene_dir, tiny_ro
     fwd_cfg = tiny_config(n_iters=16, shrink_iter=15, shrink_kinds=("bounded",))
     fwd = train_reconstruction(fwd_scene, tmp_path / "fwd", fwd_cfg, fwd_scene.train_views(False)[:4])
     assert torch.equal(fwd.field.aabb, torch.as_tensor(fwd_scene.aabb, dtype=torch.float32))
+
+
+def test_runs_made_before_the_dino_grid_floor_read_without_it():
+    from ovs3d.run import _with_legacy_recon
+
+    old = {"scene": "s", "features": {"dino_downscale": 1.0}}
+    assert _with_legacy_recon(old, "forward", ReconstructionConfig())["features"]["dino_min_cells"] is None
+    current = {"scene": "s", "features": {"dino_downscale": 1.0, "dino_min_cells": 30}}
+    assert _with_legacy_recon(current, "forward", ReconstructionConfig()) is current

@@ -58,7 +58,14 @@ class FeatureConfig:
     """CLIP features (and mask proposals) are computed on images at ``1 / semantic_downscale`` of full
     resolution (the reference uses 1/8 of 4032x3024 photos); the semantic field trains at this size."""
     dino_downscale: float = field(default=1.0, metadata=rule(gt=0, le=1000))
-    """DINO sees images at ``1 / dino_downscale``; its features are ``stride`` times smaller again."""
+    """DINO sees images at ``1 / dino_downscale`` (lowered on small images, ``dino_min_cells``); its features
+    are ``stride`` times smaller again."""
+    dino_min_cells: int | None = field(default=30, metadata=rule(ge=1))
+    """DINO's feature grid keeps at least this many cells across the image's shorter side: where
+    ``dino_downscale`` would give fewer (small images), DINO sees the image enlarged instead
+    (:func:`dino_input_downscale`), so that a small object still spans several cells and FDA can tell it from
+    its neighbour (issue 8: at 160x120, 15 cells). The reference's DINO input (1/5 of photos of at least
+    1280 px, stride 8) has at least 32. ``None``: ``dino_downscale`` as given (the behaviour before)."""
     mask_downscale: float | None = field(default=None, metadata=rule(gt=0, le=1000))
     """Resolution of the mask proposals; ``None`` = ``semantic_downscale``."""
     pixel_clip: PixelClipConfig = field(default_factory=PixelClipConfig)
@@ -73,6 +80,16 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         check_on_init(self)
+
+
+def dino_input_downscale(cfg: FeatureConfig, width: int, height: int, stride: int) -> float:
+    """The downscale of DINO's input image: ``dino_downscale``, lowered where its ``stride``-pixel cells would
+    number fewer than ``dino_min_cells`` across the shorter side of a ``width`` x ``height`` image (never raised:
+    large images cost what they did)."""
+    ds = float(cfg.dino_downscale)
+    if cfg.dino_min_cells:
+        ds = min(ds, min(width, height) / (stride * cfg.dino_min_cells))
+    return ds
 
 
 def default_cache_root(scene: Scene) -> Path:
@@ -192,11 +209,12 @@ def dino_features(
 
     Returns:
         Entry ``j`` is view ``views[j]``: ``float16 [h // stride, w // stride, D]`` (not normalised;
-        unit vectors for ``dtype="int8"``), ``(w, h) = scene.image_size(cfg.dino_downscale)``.
+        unit vectors for ``dtype="int8"``), ``(w, h) = scene.image_size(ds)`` with ``ds`` from
+        :func:`dino_input_downscale`.
     """
     cfg = cfg or FeatureConfig()
     views = [int(v) for v in views]
-    ds = cfg.dino_downscale
+    ds = dino_input_downscale(cfg, *scene.image_size(), int(dino.stride))
     w, h = scene.image_size(ds)
     settings = {"size": [w, h], "downscale": ds, "stride": int(dino.stride)}
 
@@ -206,7 +224,11 @@ def dino_features(
         return dino.dense_features(view).cpu().numpy()
 
     device = backend_device(dino)
-    hint = cost_hint(device, f"--features.dino-downscale {2 * ds:g} (a quarter of the pixels)")
+    if ds < cfg.dino_downscale:  # enlarged by the grid floor: a lower floor is what makes it cheaper
+        cheaper = f"--features.dino-min-cells {max(1, (cfg.dino_min_cells or 2) // 2)}"
+    else:
+        cheaper = f"--features.dino-downscale {2 * ds:g}"
+    hint = cost_hint(device, f"{cheaper} (a quarter of the pixels)")
     work = Work("views", None, f"{len(views)} views at {w}×{h}", device, hint)
     out = FeatureCache(cache_root or default_cache_root(scene)).get_or_compute(
         "dino", dino.identity, settings, view_files(scene, views), compute, cfg.dtype, "DINO features", verify, work
