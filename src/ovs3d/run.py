@@ -186,7 +186,7 @@ def fit(cfg: FitConfig) -> Path:
     used = _used_backends(cfg)
     if (run / "config.json").exists():
         stored_run = read_run_config(run)
-        stored = _with_legacy_recon(stored_run["fit"], stored_run.get("scene_kind"), cfg.recon)
+        stored = _with_legacy_settings(stored_run["fit"], stored_run.get("scene_kind"), cfg.recon)
         stored_method = stored.get("method", DEFAULT_METHOD)
         if stored_method != RECONSTRUCTION_ONLY and isinstance(stored.get("semantic"), dict):
             # settings added since the run was made mean what they did
@@ -241,7 +241,9 @@ def fit(cfg: FitConfig) -> Path:
     return run
 
 
-def _with_legacy_recon(fit_cfg: dict[str, Any], scene_kind: str | None, recon: ReconstructionConfig) -> dict[str, Any]:
+def _with_legacy_settings(
+    fit_cfg: dict[str, Any], scene_kind: str | None, recon: ReconstructionConfig
+) -> dict[str, Any]:
     """A stored ``fit`` config with the settings added since it was written, as they were then: no DINO grid floor
     (``features.dino_min_cells`` None), and for the reconstruction
     ``unbounded_iters_factor`` 1 for an unbounded scene (older runs trained every kind alike), and no box
@@ -337,7 +339,7 @@ def record_command(run: Path, argv: list[str], seconds: float, via: str | None =
 def fit_config_from_run(run: Path) -> FitConfig:
     """Rebuild the :class:`FitConfig` a run was created with."""
     stored = read_run_config(run)
-    d = dict(_with_legacy_recon(stored["fit"], stored.get("scene_kind"), ReconstructionConfig()))
+    d = dict(_with_legacy_settings(stored["fit"], stored.get("scene_kind"), ReconstructionConfig()))
     method = d.get("method", DEFAULT_METHOD)
     semantic = d.pop("semantic", None)
     try:

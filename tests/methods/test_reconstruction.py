@@ -104,26 +104,26 @@ def test_unbounded_scenes_train_more_iterations():
 
 
 def test_runs_made_before_the_unbounded_factor_keep_their_schedule():
-    from ovs3d.run import _with_legacy_recon
+    from ovs3d.run import _with_legacy_settings
 
     old = {"scene": "s", "recon": {"n_iters": 300}}
     new = ReconstructionConfig()
-    assert _with_legacy_recon(old, "unbounded", new)["recon"]["unbounded_iters_factor"] == 1.0
-    assert _with_legacy_recon(old, "forward", new)["recon"]["unbounded_iters_factor"] == new.unbounded_iters_factor
+    assert _with_legacy_settings(old, "unbounded", new)["recon"]["unbounded_iters_factor"] == 1.0
+    assert _with_legacy_settings(old, "forward", new)["recon"]["unbounded_iters_factor"] == new.unbounded_iters_factor
     current = {"scene": "s", "recon": {"n_iters": 300, "unbounded_iters_factor": 3.0, "shrink_kinds": []}}
-    assert _with_legacy_recon(current, "unbounded", new) is current
+    assert _with_legacy_settings(current, "unbounded", new) is current
 
 
 def test_runs_made_before_the_box_shrink_did_not_shrink():
-    from ovs3d.run import _with_legacy_recon
+    from ovs3d.run import _with_legacy_settings
 
     old = {"scene": "s", "recon": {"n_iters": 300, "unbounded_iters_factor": 2.0}}
     new = ReconstructionConfig()  # shrinks nothing: the stored run reads as the defaults, never blocking
-    assert _with_legacy_recon(old, "bounded", new)["recon"]["shrink_kinds"] == []
-    assert _with_legacy_recon(old, "bounded", new)["recon"]["shrink_iter"] == new.shrink_iter
+    assert _with_legacy_settings(old, "bounded", new)["recon"]["shrink_kinds"] == []
+    assert _with_legacy_settings(old, "bounded", new)["recon"]["shrink_iter"] == new.shrink_iter
     shrinking = ReconstructionConfig(shrink_kinds=("bounded",))  # a room made before did not shrink
-    assert _with_legacy_recon(old, "bounded", shrinking)["recon"]["shrink_kinds"] == []
-    assert _with_legacy_recon(old, "forward", shrinking)["recon"]["shrink_kinds"] == ["bounded"]
+    assert _with_legacy_settings(old, "bounded", shrinking)["recon"]["shrink_kinds"] == []
+    assert _with_legacy_settings(old, "forward", shrinking)["recon"]["shrink_kinds"] == ["bounded"]
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +167,9 @@ def test_bounded_box_shrinks_to_the_surfaces_and_resumes(tiny_scene_dir, tiny_ro
 
 
 def test_runs_made_before_the_dino_grid_floor_read_without_it():
-    from ovs3d.run import _with_legacy_recon
+    from ovs3d.run import _with_legacy_settings
 
     old = {"scene": "s", "features": {"dino_downscale": 1.0}}
-    assert _with_legacy_recon(old, "forward", ReconstructionConfig())["features"]["dino_min_cells"] is None
+    assert _with_legacy_settings(old, "forward", ReconstructionConfig())["features"]["dino_min_cells"] is None
     current = {"scene": "s", "features": {"dino_downscale": 1.0, "dino_min_cells": 30}}
-    assert _with_legacy_recon(current, "forward", ReconstructionConfig()) is current
+    assert _with_legacy_settings(current, "forward", ReconstructionConfig()) is current

@@ -258,6 +258,12 @@ class CachedFeatures:
         return str(self.meta["key"])
 
     @property
+    def settings(self) -> dict:
+        """The settings the entry was computed with (part of its key), e.g. DINO's ``{"size", "downscale",
+        "stride"}``."""
+        return dict(self.meta["settings"])
+
+    @property
     def dtype(self) -> str:
         """Storage dtype name (``"float16"``, ``"int8"`` = quantised, ...)."""
         return str(self.meta["dtype"])

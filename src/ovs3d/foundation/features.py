@@ -225,7 +225,7 @@ def dino_features(
 
     device = backend_device(dino)
     if ds < cfg.dino_downscale:  # enlarged by the grid floor: a lower floor is what makes it cheaper
-        cheaper = f"--features.dino-min-cells {max(1, (cfg.dino_min_cells or 2) // 2)}"
+        cheaper = f"--features.dino-min-cells {max(1, cfg.dino_min_cells // 2)}"
     else:
         cheaper = f"--features.dino-downscale {2 * ds:g}"
     hint = cost_hint(device, f"{cheaper} (a quarter of the pixels)")

@@ -25,7 +25,7 @@ from torch import Tensor
 from ovs3d import losses as L
 from ovs3d.field.semantic import SemanticHeads
 from ovs3d.field.trained import TrainedField
-from ovs3d.foundation.features import clip_features, dino_features, dino_input_downscale
+from ovs3d.foundation.features import clip_features, dino_features
 from ovs3d.io.scene import Scene
 from ovs3d.methods.base import SemanticMethod, semantic_checkpoint
 from ovs3d.methods.targets import normalized_clip_targets, patch_indices, voxel_consensus
@@ -143,7 +143,7 @@ def _dino_scale_prior(scene: Scene, fcfg, scfg, dfeats, dino, views: list[int], 
                 torch.from_numpy(np.array(dfeats[views.index(v)], dtype=np.float32)),
                 (w, h),
                 fcfg.semantic_downscale,
-                dino_input_downscale(fcfg, *scene.image_size(), dino.stride),
+                dfeats.settings["downscale"],  # DINO's input, as the features were computed
                 dino.stride,
                 patches,
                 scfg.fda_shift,
@@ -224,8 +224,8 @@ def prepare_data(
             ]
         ).to(torch.float16)
         gh, gw = dfeats[0].shape[:2]
-        dino_ds = dino_input_downscale(fcfg, *scene.image_size(), dino.stride)
-        cells = view_token_samples(trained, scene, views, dino_ds, dino.stride, k)
+        # one ray per DINO cell of the image DINO saw (enlarged on small images: FeatureConfig.dino_min_cells)
+        cells = view_token_samples(trained, scene, views, dfeats.settings["downscale"], dino.stride, k)
         assert len(cells) == dino_t.shape[0], (len(cells), dino_t.shape)
         cell_grid = (len(views), gh, gw)
     else:
