@@ -33,6 +33,14 @@ def main() -> None:
         default=["full", "semantic.ray_sampling=balanced"],
         help="names the defaults' record may have, in order of preference",
     )
+    ap.add_argument(
+        "--reference-for",
+        nargs="+",
+        default=[],
+        metavar="SCENE=NAME",
+        help="the defaults' record name for one scene (e.g. hard-val/seed1001=features.dino_downscale=0.5), "
+        "before --reference-names",
+    )
     ap.add_argument("--protocol", default="3dovs", help="3dovs or holdout (the records' name segment)")
     args = ap.parse_args()
 
@@ -56,7 +64,8 @@ def main() -> None:
         mm = find(new, scene, "baseline-minmax")
         raw, s2 = find(new, scene, "baseline"), find(new, scene, "baseline-minmax-scale2")
         # the defaults' record: the first of --reference-names held by this file, else by --reference
-        default = next((r for n in args.reference_names if (r := find(new, scene, f"{seg}/{n}"))), None)
+        names = [n for sc, _, n in (a.partition("=") for a in args.reference_for) if sc == scene]
+        default = next((r for n in [*names, *args.reference_names] if (r := find(new, scene, f"{seg}/{n}"))), None)
         if default is None:
             for name in args.reference_names:
                 old, old_mm = find(ref, scene, f"{seg}/{name}"), find(ref, scene, "baseline-minmax")

@@ -245,7 +245,7 @@ def _with_legacy_settings(
     fit_cfg: dict[str, Any], scene_kind: str | None, recon: ReconstructionConfig
 ) -> dict[str, Any]:
     """A stored ``fit`` config with the settings added since it was written, as they were then: no DINO grid floor
-    (``features.dino_min_cells`` None), and for the reconstruction
+    (``features.dino_min_cells`` None), and for the reconstruction a black background (``background``),
     ``unbounded_iters_factor`` 1 for an unbounded scene (older runs trained every kind alike), and no box
     shrink (``shrink_kinds`` empty) where ``recon`` would shrink the run's kind; where a setting changes
     nothing for the run's kind it takes ``recon``'s value and never blocks a resume."""
@@ -256,6 +256,10 @@ def _with_legacy_settings(
     if not isinstance(stored_recon, dict):
         return fit_cfg
     added: dict[str, Any] = {}
+    if "background" not in stored_recon:  # every ray ended on black
+        added["background"] = "black"
+        added["background_kinds"] = list(recon.background_kinds)
+        added["background_from"] = recon.background_from
     if "unbounded_iters_factor" not in stored_recon:
         added["unbounded_iters_factor"] = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
     if "shrink_kinds" not in stored_recon:

@@ -13,7 +13,9 @@ from ovs3d.methods.reconstruction import (
 
 
 def tiny_config(**kw) -> ReconstructionConfig:
+    # black: these tests check the loop's mechanics on 40 iterations; the random background has its own test
     base = dict(
+        background="black",
         n_iters=40,
         batch_size=512,
         init_voxels=16**3,
@@ -94,7 +96,7 @@ def test_bounded_kind_marches_in_a_world_box(tiny_scene_dir, tmp_path):
 def test_unbounded_scenes_train_more_iterations():
     from ovs3d.methods.reconstruction import for_kind
 
-    cfg = ReconstructionConfig()
+    cfg = ReconstructionConfig(background="black")
     assert for_kind(cfg, "forward") is cfg and for_kind(cfg, "bounded") is cfg
     unbounded = for_kind(cfg, "unbounded")
     assert unbounded.n_iters == 2 * cfg.n_iters and unbounded.unbounded_iters_factor == 1.0
@@ -110,7 +112,10 @@ def test_runs_made_before_the_unbounded_factor_keep_their_schedule():
     new = ReconstructionConfig()
     assert _with_legacy_settings(old, "unbounded", new)["recon"]["unbounded_iters_factor"] == 1.0
     assert _with_legacy_settings(old, "forward", new)["recon"]["unbounded_iters_factor"] == new.unbounded_iters_factor
-    current = {"scene": "s", "recon": {"n_iters": 300, "unbounded_iters_factor": 3.0, "shrink_kinds": []}}
+    current = {
+        "scene": "s",
+        "recon": {"n_iters": 300, "unbounded_iters_factor": 3.0, "shrink_kinds": [], "background": "black"},
+    }
     assert _with_legacy_settings(current, "unbounded", new) is current
 
 
@@ -173,3 +178,60 @@ def test_runs_made_before_the_dino_grid_floor_read_without_it():
     assert _with_legacy_settings(old, "forward", ReconstructionConfig())["features"]["dino_min_cells"] is None
     current = {"scene": "s", "features": {"dino_downscale": 1.0, "dino_min_cells": 30}}
     assert _with_legacy_settings(current, "forward", ReconstructionConfig()) is current
+
+
+@pytest.fixture(scope="module")
+def black_table_dir(tiny_scene_dir, tmp_path_factory):
+    """The tiny scene with its table (instance 2) painted black in every photo: a dark surface that a field
+    over a black background can leave empty."""
+    import shutil
+
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("black") / "scene"
+    shutil.copytree(tiny_scene_dir, out)
+    for img_path in sorted((out / "images").glob("*.png")):
+        ids = np.asarray(Image.open(out / "sim" / "instances" / img_path.name))
+        img = np.array(Image.open(img_path).convert("RGB"))
+        img[ids == 2] = 0
+        Image.fromarray(img).save(img_path)
+    return out
+
+
+def test_random_background_makes_a_black_surface_opaque(black_table_dir, tmp_path):
+    from PIL import Image
+
+    scene = load_scene(black_table_dir)
+    views = scene.train_views(False)
+    table = np.asarray(Image.open(black_table_dir / "sim" / "instances" / "00.png").resize((32, 24), Image.NEAREST))
+    table = table == 2
+    acc = {}
+    for bg in ("black", "random"):
+        trained = train_reconstruction(scene, tmp_path / bg, tiny_config(background=bg), views)
+        acc[bg] = render_view(trained, scene, 0, 2.0)["acc"]
+    # over black, nothing is as good as a black surface; a random background shows through anything but one
+    assert acc["black"][table].mean() < 0.8, acc["black"][table].mean()
+    assert acc["random"][table].mean() > acc["black"][table].mean() + 0.2
+    assert acc["random"][table].mean() > 0.9 and acc["random"][~table].mean() > 0.9
+
+
+def test_runs_made_before_the_random_background_keep_a_black_one():
+    from ovs3d.run import _with_legacy_settings
+
+    old = {"scene": "s", "recon": {"n_iters": 300, "unbounded_iters_factor": 2.0, "shrink_kinds": []}}
+    new = ReconstructionConfig()
+    assert _with_legacy_settings(old, "forward", new)["recon"]["background"] == "black"
+    assert _with_legacy_settings(old, "forward", new)["recon"]["background_from"] == new.background_from
+    current = {"scene": "s", "recon": {**old["recon"], "background": "random", "background_from": 0.5}}
+    assert _with_legacy_settings(current, "forward", new) is current
+
+
+def test_the_background_applies_on_its_kinds_only():
+    from ovs3d.methods.reconstruction import for_kind
+
+    cfg = ReconstructionConfig(background="random", background_kinds=("forward",))
+    assert for_kind(cfg, "forward") is cfg
+    assert for_kind(cfg, "bounded").background == "black"
+    assert for_kind(cfg, "unbounded").background == "black" and for_kind(cfg, "unbounded").n_iters == 2 * cfg.n_iters
+    everywhere = ReconstructionConfig(background="random", background_kinds=("forward", "bounded", "unbounded"))
+    assert for_kind(everywhere, "bounded") is everywhere

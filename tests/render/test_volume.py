@@ -1,7 +1,13 @@
 import torch
 
 from ovs3d.render.sampling import samples_per_ray, stratified_samples
-from ovs3d.render.volume import accumulate, accumulate_packed, alpha_from_density, render_weights
+from ovs3d.render.volume import (
+    accumulate,
+    accumulate_packed,
+    alpha_from_density,
+    composite_background,
+    render_weights,
+)
 
 
 def naive_render(sigmas, deltas, values):
@@ -77,3 +83,18 @@ def test_distortion_loss_matches_pairwise_sum():
     spread = torch.full((1, 9), 1 / 9, dtype=torch.float64)
     ts = torch.linspace(0, 1, 9, dtype=torch.float64)[None]
     assert distortion_loss(sharp, ts, ts * 0 + 0.1) < distortion_loss(spread, ts, ts * 0 + 0.1)
+
+
+def test_composite_background_against_the_naive_loop():
+    g = torch.Generator().manual_seed(0)
+    sigmas, deltas = torch.rand(5, 7, generator=g) * 3, torch.rand(5, 7, generator=g) * 0.2
+    colours, bg = torch.rand(5, 7, 3, generator=g), torch.rand(5, 3, generator=g)
+    weights, _ = render_weights(alpha_from_density(sigmas, deltas))
+    out = composite_background(accumulate(weights, colours), weights.sum(-1), bg)
+    # the background as one more, fully opaque sample at the end of each ray
+    big = torch.full((5, 1), 1e9)
+    ref = naive_render(torch.cat([sigmas, big], 1), torch.cat([deltas, big], 1), torch.cat([colours, bg[:, None]], 1))
+    assert torch.allclose(out, ref, atol=1e-5)
+    # an empty ray shows the background, an opaque one none of it
+    assert torch.allclose(composite_background(torch.zeros(1, 3), torch.zeros(1), bg[0]), bg[:1])
+    assert torch.allclose(composite_background(colours[:1, 0], torch.ones(1), bg[0]), colours[:1, 0])

@@ -68,6 +68,20 @@ def accumulate_packed(weights: Tensor, values: Tensor, ray_indices: Tensor, n_ra
     return out.index_add(0, ray_indices, weights[:, None] * values)
 
 
+def composite_background(rgb: Tensor, acc: Tensor, background: Tensor) -> Tensor:
+    """A ray's colour over a background: ``rgb + (1 - acc) * background``.
+
+    Args:
+        rgb: ``[R, 3]`` accumulated colours (:func:`accumulate`; implicitly over black).
+        acc: ``[R]`` opacities (sum of the weights).
+        background: ``[R, 3]`` or ``[3]`` background colour.
+
+    Returns:
+        ``[R, 3]``.
+    """
+    return rgb + (1.0 - acc)[..., None] * background
+
+
 def expected_depth(weights: Tensor, t_mid: Tensor) -> Tensor:
     """Expected ray parameter ``sum_i w_i t_i`` ``[R]`` from ``weights`` ``[R, N]`` and ``t_mid`` ``[R, N]``."""
     return (weights * t_mid).sum(-1)
