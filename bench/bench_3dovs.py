@@ -142,25 +142,6 @@ def _done(results: Path) -> dict[str, dict]:
     return out
 
 
-def recon_settings(recon, parts: list[str]):
-    """``recon`` with ``["recon.<field>=<value>", ...]`` applied (values read as Python literals)."""
-    import ast
-    from dataclasses import fields
-
-    names = {f.name for f in fields(recon)}
-    for part in parts:
-        key, _, raw = part.partition("=")
-        name = key.removeprefix("recon.")
-        if name not in names:
-            raise SystemExit(f"setting {part!r}: ReconstructionConfig has no field {name!r}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw  # a bare string such as random
-        recon = replace(recon, **{name: value})
-    return recon
-
-
 def _log(results: Path, rec: dict) -> None:
     with open(results, "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -239,7 +220,6 @@ def main() -> None:
                 )
         for protocol in args.protocols:
             holdout = protocol == "holdout"
-            recon_run = args.out / f"{prefix}seed{seed}" / protocol / "recon"
             for abl in args.ablations:
                 name = f"{prefix}seed{seed}/{protocol}/{abl}"
                 if name in done:
@@ -254,9 +234,10 @@ def main() -> None:
                 cfg = with_ablation(base, "+".join([*feature_settings, rest or "full"]))
                 # one reconstruction per seed, protocol and reconstruction setting, shared by the variants
                 # fit resumes an interrupted reconstruction and returns at once for a finished one
-                run_recon = recon_run.with_name("+".join(["recon", *recon_parts]))
+                run_recon = args.out / f"{prefix}seed{seed}" / protocol / "+".join(["recon", *recon_parts])
                 recon_cfg = FitConfig(scene=scene_dir, out=run_recon, holdout=holdout, method="rgb")
-                recon_cfg = replace(recon_cfg, recon=recon_settings(recon_cfg.recon, recon_parts))
+                if recon_parts:
+                    recon_cfg = with_ablation(recon_cfg, "+".join(recon_parts))
                 fresh = not (run_recon / "checkpoints" / "reconstruction.pt").exists()
                 t0 = time.perf_counter()
                 fit(recon_cfg)

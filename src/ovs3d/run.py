@@ -256,8 +256,9 @@ def _with_legacy_settings(
     if not isinstance(stored_recon, dict):
         return fit_cfg
     added: dict[str, Any] = {}
-    if "background" not in stored_recon:  # every ray ended on black
-        added["background"] = "black"
+    if "background" not in stored_recon:  # every ray ended on black: so does recon's on a kind it does not cover
+        black_anyway = for_kind(recon, str(scene_kind)).background == "black"
+        added["background"] = recon.background if black_anyway else "black"
         added["background_kinds"] = list(recon.background_kinds)
         added["background_from"] = recon.background_from
     if "unbounded_iters_factor" not in stored_recon:

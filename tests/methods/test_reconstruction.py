@@ -222,6 +222,8 @@ def test_runs_made_before_the_random_background_keep_a_black_one():
     new = ReconstructionConfig()
     assert _with_legacy_settings(old, "forward", new)["recon"]["background"] == "black"
     assert _with_legacy_settings(old, "forward", new)["recon"]["background_from"] == new.background_from
+    # a room trains over black with the defaults too: its stored run reads as the defaults, never blocking
+    assert _with_legacy_settings(old, "bounded", new)["recon"]["background"] == new.background
     current = {"scene": "s", "recon": {**old["recon"], "background": "random", "background_from": 0.5}}
     assert _with_legacy_settings(current, "forward", new) is current
 

@@ -21,8 +21,9 @@ def with_ablation(cfg, name: str):
     FDA, λ_pos 200, uniform draws, no scale prior, raw-cosine labels), ``code_rda`` / ``code_rda_w5`` / ``rda_w5``
     (RDA reading and weight alone), ``kl_fda`` (pairwise KL in FDA). OV-NeRF (``cfg.method == "ovnerf"``):
     ``no_rsr``, ``no_cse``, ``cse_no_novel``, ``rsr_superpixel``, ``rsr_votes``, ``cse_every_kind``
-    (:data:`OVNERF_ABLATIONS`). Any single setting: ``"semantic.<field>=<value>"`` or
-    ``"features.<field>=<value>"``. Combine with ``+``, applied left to right: ``"paper+no_fda"``.
+    (:data:`OVNERF_ABLATIONS`). Any single setting: ``"semantic.<field>=<value>"``,
+    ``"features.<field>=<value>"`` or ``"recon.<field>=<value>"``. Combine with ``+``, applied left to right:
+    ``"paper+no_fda"``.
     """
     if "+" in name:  # combinations, applied left to right: "code_rda_w5+no_fda"
         for part in name.split("+"):
@@ -99,14 +100,14 @@ def with_ablation(cfg, name: str):
 
 
 def _with_setting(cfg, assignment: str):
-    """Apply ``"<section>.<field>=<value>"`` (section ``semantic`` or ``features``) to a fit config."""
+    """Apply ``"<section>.<field>=<value>"`` (section ``semantic``, ``features`` or ``recon``) to a fit config."""
     import ast
     from dataclasses import fields
 
     key, _, raw = assignment.partition("=")
     section, _, field = key.partition(".")
-    if section not in ("semantic", "features"):
-        raise ValueError(f"setting {assignment!r}: section must be 'semantic' or 'features'")
+    if section not in ("semantic", "features", "recon"):
+        raise ValueError(f"setting {assignment!r}: section must be 'semantic', 'features' or 'recon'")
     sub = getattr(cfg, section)
     if field not in {f.name for f in fields(sub)}:
         raise ValueError(f"setting {assignment!r}: {type(sub).__name__} has no field {field!r}")
