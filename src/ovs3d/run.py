@@ -91,8 +91,8 @@ class FitConfig:
     cache_dir: Path | None = field(default=None, metadata=rule(path="not_file"))
     """Feature cache folder (default: <scene>/.ovs3d_cache)."""
     recon_from: Path | None = field(default=None, metadata=rule(path="dir"))
-    """Start from the finished reconstruction of another run of the same scene and protocol (e.g. to train
-    several semantic variants on one field)."""
+    """Start from the finished reconstruction of another run of the same scene, protocol and ``--recon.*``
+    settings (e.g. to train several semantic variants on one field); a run made with other settings is refused."""
     recon: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     """RGB reconstruction stage."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -301,14 +301,37 @@ def _copy_reconstruction(source_run: Path, cfg: FitConfig, dest: Path) -> None:
     src_cfg = src_run["fit"]
     if src_cfg["scene"] != str(Path(cfg.scene).resolve()) or bool(src_cfg["holdout"]) != cfg.holdout:
         raise OVS3DError(f"--recon-from {source_run} was fitted on another scene or protocol")
+    kind = str(src_run.get("scene_kind"))
+    changed = _recon_differences(src_run, cfg.recon)
+    if changed:
+        raise OVS3DError(
+            f"--recon-from {source_run} was reconstructed with other settings ({', '.join(changed[:4])}); "
+            "pass its --recon.* flags too, or leave out --recon-from to reconstruct anew"
+        )
     src = Path(source_run) / "checkpoints" / CHECKPOINT_NAME
     from ovs3d.utils.files import atomic_path, load_checkpoint
 
-    n_iters = for_kind(cfg.recon, str(src_run.get("scene_kind"))).n_iters
+    n_iters = for_kind(cfg.recon, kind).n_iters
     if load_checkpoint(src, kind="reconstruction")["step"] < n_iters:
         raise OVS3DError(f"--recon-from {source_run} has not finished its reconstruction; fit it first")
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
+
+
+_RECON_BOOKKEEPING = ("checkpoint_every", "log_every")
+"""Reconstruction settings that do not change the reconstruction (a copied one may differ in them)."""
+
+
+def _recon_differences(src_run: dict[str, Any], recon: ReconstructionConfig) -> list[str]:
+    """The reconstruction settings (as the run's scene kind applies them) in which a stored run differs from
+    ``recon``; a run stored before a setting existed reads as it trained then (:func:`_with_legacy_settings`)."""
+    kind = str(src_run.get("scene_kind"))
+    stored = _with_legacy_settings(src_run["fit"], src_run.get("scene_kind"), recon).get("recon")
+    if not isinstance(stored, dict):
+        return ["recon"]
+    theirs = asdict(for_kind(config_from_dict(ReconstructionConfig, stored), kind))
+    ours = asdict(for_kind(recon, kind))
+    return [k for k in _diff(theirs, ours) if k.split(".")[0] not in _RECON_BOOKKEEPING]
 
 
 COMMANDS_LOG = "commands.jsonl"

@@ -237,3 +237,34 @@ def test_the_background_applies_on_its_kinds_only():
     assert for_kind(cfg, "unbounded").background == "black" and for_kind(cfg, "unbounded").n_iters == 2 * cfg.n_iters
     everywhere = ReconstructionConfig(background="random", background_kinds=("forward", "bounded", "unbounded"))
     assert for_kind(everywhere, "bounded") is everywhere
+
+
+def test_recon_from_refuses_a_reconstruction_made_with_other_settings(tiny_scene_dir, tmp_path):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ovs3d.errors import OVS3DError
+    from ovs3d.methods.reconstruction import CHECKPOINT_NAME
+    from ovs3d.run import FitConfig, fit
+
+    recon = tiny_config(n_iters=4, upsample_iters=(2,), occupancy_iters=(3,), checkpoint_every=2)
+    base = dict(scene=tiny_scene_dir, method="rgb")
+    first = fit(FitConfig(**base, out=tmp_path / "a", recon=recon))
+    # the random background (the forward-facing default) is another reconstruction: refused, nothing written
+    with pytest.raises(OVS3DError, match=r"reconstructed with other settings \(background"):
+        fit(FitConfig(**base, out=tmp_path / "b", recon=replace(recon, background="random"), recon_from=first))
+    assert not (tmp_path / "b" / "checkpoints").exists()
+    # bookkeeping settings do not change the reconstruction: copied, not retrained
+    same = fit(FitConfig(**base, out=tmp_path / "c", recon=replace(recon, log_every=3), recon_from=first))
+    ckpt = Path("checkpoints") / CHECKPOINT_NAME
+    assert (first / ckpt).read_bytes() == (same / ckpt).read_bytes()
+
+
+def test_recon_from_reads_a_run_stored_before_the_background_as_black():
+    from ovs3d.run import _recon_differences
+
+    stored = {"fit": {"scene": "s", "recon": {"n_iters": 300}}, "scene_kind": "forward"}
+    assert _recon_differences(stored, ReconstructionConfig()) == ["background"]
+    assert _recon_differences(stored, ReconstructionConfig(background="black")) == []
+    # on a kind the background does not cover, the stored run and the defaults are the same reconstruction
+    assert _recon_differences({**stored, "scene_kind": "bounded"}, ReconstructionConfig()) == []
