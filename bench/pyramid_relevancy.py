@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--downscale", type=float, default=4.0, help="the semantic resolution eval scores at")
     ap.add_argument("--out", type=Path, default=None, help="append one JSON line per (scene, prior)")
     ap.add_argument("--per-label", action="store_true", help="then print the per-label table of every record in --out")
+    ap.add_argument("--plot", type=Path, default=None, help="then plot the per-label records of --out into this PNG")
     args = ap.parse_args()
     from ovs3d.utils.console import set_quiet
 
@@ -146,6 +147,51 @@ def main() -> None:
                     f.write(json.dumps(r) + "\n")
     if args.per_label and args.out:
         print_per_label(args.out)
+    if args.plot and args.out:
+        plot_hubness(args.out, args.plot)
+
+
+def plot_hubness(records: Path, png: Path) -> None:
+    """Scatter of each label's mean relevancy outside its mask against its hubness gap to the strongest
+    negative (plain pyramid), and the same relevancy with the panoptic prior against without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gap, rel, pairs = [], [], []
+    by_scene: dict[str, dict[str, dict]] = {}
+    for line in open(records):
+        r = json.loads(line)
+        by_scene.setdefault(r["scene"], {})[r["prior"]] = r
+    for priors in by_scene.values():
+        plain = priors.get("none")
+        if plain is None or plain["negatives_hubness"][0] is None:
+            continue
+        neg = max(plain["negatives_hubness"])
+        for c, v in plain["per_label"].items():
+            if v["outside_relevancy"] is None:
+                continue
+            gap.append(v["hubness"] - neg)
+            rel.append(v["outside_relevancy"])
+            if "panoptic" in priors:
+                pairs.append((v["outside_relevancy"], priors["panoptic"]["per_label"][c]["outside_relevancy"]))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    axes[0].scatter(gap, rel, s=14)
+    r = float(np.corrcoef(gap, rel)[0, 1]) if len(gap) > 1 else float("nan")
+    axes[0].set(
+        xlabel="β(label) − max β(negatives)  (SimCLIP hubness)",
+        ylabel="mean relevancy outside the label's mask",
+        title=f"plain pyramid, {len(gap)} labels (Pearson {r:.2f})",
+    )
+    if pairs:
+        a, b = np.array(pairs).T
+        axes[1].scatter(a, b, s=14)
+        axes[1].plot([0, 1], [0, 1], "k--", lw=0.8)
+        axes[1].set(xlabel="no prior", ylabel="panoptic prior", title="relevancy outside the mask, per label")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    print(f"wrote {png}")
 
 
 def print_per_label(records: Path) -> None:
