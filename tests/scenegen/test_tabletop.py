@@ -422,3 +422,25 @@ def test_benchmark_hard_scenes_keep_their_labels(seed, options, labels):
     """If this fails on purpose (new pools or draws), re-run the hard sets' benchmark records with it."""
     scene = tt.build_tabletop(TabletopConfig(seed=seed, **options))
     assert sorted(set(scene.labels.values())) == labels
+
+
+def test_camouflaged_objects_take_the_colour_of_the_wall_or_table():
+    scene = tt.build_tabletop(TabletopConfig(seed=3, camouflage=2, **MEDIUM))
+    plain = tt.build_tabletop(TabletopConfig(seed=3, **MEDIUM))
+    colour = {k.label: np.asarray(k.color1) for k in (*OBJECTS, *WALLS, *TABLES)}
+
+    def nearest(back: str, exclude: set[str]) -> float:
+        return min(float(np.sum((colour[k.label] - colour[back]) ** 2)) for k in OBJECTS if k.label not in exclude)
+
+    def distance(label: str, back: str) -> float:
+        return float(np.sum((colour[label] - colour[back]) ** 2))
+
+    before = [o.label for o in plain.objects]
+    first, second = scene.objects[0].label, scene.objects[1].label
+    # the first object takes the unused colour nearest the wall's, the second the one nearest the table's
+    assert distance(first, scene.wall.label) == nearest(scene.wall.label, set(before))
+    assert distance(second, scene.table.label) == nearest(scene.table.label, set(before) - {before[0]} | {first})
+    # nothing else changes: the same surfaces, the other objects, the layout
+    assert (scene.wall.label, scene.table.label) == (plain.wall.label, plain.table.label)
+    assert [o.label for o in scene.objects[2:]] == before[2:]
+    assert all(np.allclose(a.placed.position, b.placed.position) for a, b in zip(scene.objects, plain.objects))

@@ -89,6 +89,8 @@ class MakeScene(Output):
     """Hard cases: small objects' simulated CLIP confusers are labels of larger surfaces."""
     hub_labels: int | None = None
     """Hard cases: number of larger surfaces whose labels are strong simulated CLIP hubs."""
+    camouflage: int | None = None
+    """Hard cases: number of objects coloured like the wall or the table (the nearest colours of the pool)."""
     min_size_factor: float | None = None
     """Minimum short side of every object, in smallest CLIP patches (default: the preset's)."""
 

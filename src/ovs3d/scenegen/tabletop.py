@@ -119,6 +119,10 @@ class TabletopConfig:
     """Hard cases: this many of the larger surfaces (wall, table, then objects, largest first) get labels that
     are strong simulated CLIP hubs (hubness β in the top quarter of their label pool), which score high
     everywhere."""
+    camouflage: int = field(default=0, metadata=rule(ge=0, le=12))
+    """Hard cases: this many of the (non-small) objects take the label, and so the colours, of the pool object
+    whose main colour is nearest the wall's (then the table's, alternating): an object hard to tell by colour from
+    the surface behind or under it, as a pink piggy bank in front of a pink wall."""
 
     def validate(self, name: Callable[[str], str] = field_name) -> None:
         """Raise :class:`OVS3DError` on values that cannot make a scene (one line).
@@ -619,6 +623,23 @@ def _with_hub_labels(rng, n: int, wall_kind, table_kind, kinds: list[ObjectKind]
     return wall_kind, table_kind, kinds
 
 
+def _with_camouflage(n: int, wall_kind, table_kind, kinds: list[ObjectKind]) -> list[ObjectKind]:
+    """Swap the labels of the first ``n`` objects for the unused pool objects whose main colour is nearest
+    (in RGB) the wall's, the table's, the wall's, ... main colour (draws no random numbers)."""
+    kinds = list(kinds)
+    used = {k.label for k in kinds}
+    for i in range(min(n, len(kinds))):
+        back = np.asarray((wall_kind, table_kind)[i % 2].color1)
+        cands = [k for k in OBJECTS if k.label not in used]
+        if not cands:
+            break
+        best = min(cands, key=lambda k: float(np.sum((np.asarray(k.color1) - back) ** 2)))
+        used.discard(kinds[i].label)
+        used.add(best.label)
+        kinds[i] = best
+    return kinds
+
+
 def _draw_scene(config: TabletopConfig, attempt: int) -> TabletopScene | None:
     rng = np.random.default_rng([config.seed, attempt])
     wall_kind = WALLS[rng.integers(len(WALLS))]
@@ -634,6 +655,8 @@ def _draw_scene(config: TabletopConfig, attempt: int) -> TabletopScene | None:
     # Hard cases; without them nothing more is drawn, so default scenes stay bit-identical.
     if config.hub_labels > 0:
         wall_kind, table_kind, kinds = _with_hub_labels(rng, config.hub_labels, wall_kind, table_kind, kinds, shapes)
+    if config.camouflage > 0:
+        kinds = _with_camouflage(config.camouflage, wall_kind, table_kind, kinds)
     touch = None
     if config.n_small[1] > 0:
         small = _draw_small_kinds(rng, config, kinds, [wall_kind.label, table_kind.label])
