@@ -246,6 +246,8 @@ def main() -> None:
                 recon_cfg = FitConfig(scene=scene_dir, out=run_recon, holdout=holdout, method="rgb")
                 if recon_parts:
                     recon_cfg = with_ablation(recon_cfg, "+".join(recon_parts))
+                    # the variant's own run records (and --recon-from checks) the reconstruction it is given
+                    cfg = replace(cfg, recon=recon_cfg.recon)
                 fresh = not (run_recon / "checkpoints" / "reconstruction.pt").exists()
                 t0 = time.perf_counter()
                 fit(recon_cfg)
