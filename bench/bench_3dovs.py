@@ -235,19 +235,14 @@ def main() -> None:
                 run = args.out / f"{prefix}seed{seed}" / protocol / abl
                 # "ovnerf", "ovnerf+no_rsr": OV-NeRF and its ablations; anything else is a 3D-OVS variant
                 method, _, rest = abl.partition("+") if abl.startswith("ovnerf") else ("3dovs", "", abl)
-                # "recon.<field>=<value>" parts set the reconstruction: such variants get their own one
-                recon_parts = [p for p in rest.split("+") if p.startswith("recon.")]
-                rest = "+".join(p for p in rest.split("+") if not p.startswith("recon."))
                 base = FitConfig(scene=scene_dir, out=run, holdout=holdout, method=method)
                 cfg = with_ablation(base, "+".join([*feature_settings, rest or "full"]))
-                # one reconstruction per seed, protocol and reconstruction setting, shared by the variants
-                # fit resumes an interrupted reconstruction and returns at once for a finished one
+                # one reconstruction per seed, protocol and reconstruction setting ("recon.<field>=<value>"
+                # parts), shared by the variants; fit resumes an interrupted one and returns at once for a
+                # finished one
+                recon_parts = [p for p in rest.split("+") if p.startswith("recon.")]
                 run_recon = args.out / f"{prefix}seed{seed}" / protocol / "+".join(["recon", *recon_parts])
-                recon_cfg = FitConfig(scene=scene_dir, out=run_recon, holdout=holdout, method="rgb")
-                if recon_parts:
-                    recon_cfg = with_ablation(recon_cfg, "+".join(recon_parts))
-                    # the variant's own run records (and --recon-from checks) the reconstruction it is given
-                    cfg = replace(cfg, recon=recon_cfg.recon)
+                recon_cfg = FitConfig(scene=scene_dir, out=run_recon, holdout=holdout, method="rgb", recon=cfg.recon)
                 fresh = not (run_recon / "checkpoints" / "reconstruction.pt").exists()
                 t0 = time.perf_counter()
                 fit(recon_cfg)
