@@ -77,6 +77,20 @@ SCENE_SETS: dict[str, dict[int, dict]] = {
         # the depth into floaters, which no validation scene had shown)
         1012: {"width": 200, "height": 150, "n_small": (1, 2), "small_confused": True},
         1013: {"width": 200, "height": 150, "n_small": (1, 2), "small_confused": True},
+        # made for round 10 (a screen of the random background by what 3D fusion keeps, bench/recon_screen.py):
+        # fresh 3000-3003's options and the other sizes again, to find scenes where it scatters the geometry
+        1014: {"width": 200, "height": 150, "n_small": (1, 2), "small_confused": True},
+        1015: {"width": 200, "height": 150, "n_small": (1, 2), "small_confused": True},
+        1016: {"width": 200, "height": 150, "n_small": (1, 2), "small_confused": True},
+        1017: {"width": 200, "height": 150, "n_small": (1, 2), "small_confused": True},
+        1018: {"n_objects": (6, 7), "hub_labels": 3},
+        1019: {"n_objects": (6, 7), "hub_labels": 3},
+        1020: {"n_small": (2, 3), "small_touch_prob": 0.8, "hub_labels": 2},
+        1021: {"n_small": (2, 3), "small_touch_prob": 0.8, "hub_labels": 2},
+        1022: {"n_objects": (3, 4)},
+        1023: {"width": 240, "height": 180, "n_small": (1, 2)},
+        1024: {"width": 160, "height": 120},
+        1025: {"width": 200, "height": 150, "n_objects": (4, 6), "hub_labels": 2},
     },
     # test: fixed before any result was seen; only reported
     "hard-test": {

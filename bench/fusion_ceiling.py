@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,20 @@ from ovs3d.run import _backends, _load_scene, fit_config_from_run
 
 
 @torch.no_grad()
-def ceiling(run: Path) -> None:
+def pooled_shares(run: Path) -> list[dict]:
+    """Per label of ``run``'s scene: what pooling perfect 2D labels through its reconstruction keeps.
+
+    Args:
+        run: a run directory with a reconstruction checkpoint (a ``3dovs`` run or a bare reconstruction).
+
+    Returns:
+        One dict per label present in the training views: ``label``, ``pixels`` (at the semantic resolution),
+        ``own`` (mean pooled share of its own pixels), ``argmax`` (share whose pooled argmax is the label) and
+        ``clip`` (per scale, largest first: [own view's CLIP label right, pooled CLIP vote right]).
+    """
     cfg = fit_config_from_run(run)
+    if cfg.semantic is None:  # a bare reconstruction: pool at the 3dovs defaults' resolution and samples
+        cfg = replace(cfg, method="3dovs", semantic=None)
     scene = _load_scene(cfg.scene, cfg.kind)
     trained = load_trained_field(run / "checkpoints" / CHECKPOINT_NAME, "cpu")
     backends = _backends(cfg, scene, "cpu", {"clip", "dino"})
@@ -63,21 +76,35 @@ def ceiling(run: Path) -> None:
     pooled_gt = pool(votes)
     own_clip = data.relevancy.argmax(-1)  # [R, S]
     pooled_clip = [pool(F.one_hot(own_clip[:, s], n_c).float()) for s in range(own_clip.shape[1])]
-    print(f"\n## {run}\n")
-    print("| label | pixels | GT pooled: own | GT pooled: argmax | CLIP own / pooled per scale (largest first) |")
-    print("|---|---|---|---|---|")
+    out = []
     for c, name in enumerate(scene.classes):
         m = torch.from_numpy(gt == c)
         if not m.any():
             continue
-        per_scale = " ".join(
-            f"{float((own_clip[m, s] == c).float().mean()):.2f}/{float(pooled_clip[s][m, c].mean()):.2f}"
+        clip = [
+            [round(float((own_clip[m, s] == c).float().mean()), 4), round(float(pooled_clip[s][m, c].mean()), 4)]
             for s in range(own_clip.shape[1])
+        ]
+        out.append(
+            {
+                "label": name,
+                "pixels": int(m.sum()),
+                "own": round(float(pooled_gt[m, c].mean()), 4),
+                "argmax": round(float((pooled_gt[m].argmax(1) == c).float().mean()), 4),
+                "clip": clip,
+            }
         )
-        print(
-            f"| {name} | {int(m.sum())} | {float(pooled_gt[m, c].mean()):.2f} | "
-            f"{float((pooled_gt[m].argmax(1) == c).float().mean()):.2f} | {per_scale} |"
-        )
+    return out
+
+
+def ceiling(run: Path) -> None:
+    """Print :func:`pooled_shares` of ``run`` as a markdown table."""
+    print(f"\n## {run}\n")
+    print("| label | pixels | GT pooled: own | GT pooled: argmax | CLIP own / pooled per scale (largest first) |")
+    print("|---|---|---|---|---|")
+    for r in pooled_shares(run):
+        per_scale = " ".join(f"{a:.2f}/{b:.2f}" for a, b in r["clip"])
+        print(f"| {r['label']} | {r['pixels']} | {r['own']:.2f} | {r['argmax']:.2f} | {per_scale} |")
 
 
 def main() -> None:

@@ -206,13 +206,18 @@ def test_random_background_makes_a_black_surface_opaque(black_table_dir, tmp_pat
     table = np.asarray(Image.open(black_table_dir / "sim" / "instances" / "00.png").resize((32, 24), Image.NEAREST))
     table = table == 2
     acc = {}
-    for bg in ("black", "random"):
-        trained = train_reconstruction(scene, tmp_path / bg, tiny_config(background=bg), views)
-        acc[bg] = render_view(trained, scene, 0, 2.0)["acc"]
-    # over black, nothing is as good as a black surface; a random background shows through anything but one
+    settings = {"black": {}, "random": {}, "expected": {}, "ramp": {"background_ramp": 0.3}}
+    for name, kw in settings.items():
+        cfg = tiny_config(background="random" if name == "ramp" else name, **kw)
+        trained = train_reconstruction(scene, tmp_path / name, cfg, views)
+        acc[name] = render_view(trained, scene, 0, 2.0)["acc"]
+    # over black, nothing is as good as a black surface; a random background shows through anything but one,
+    # and so do its expectation (mid-grey plus the variance term) and one faded in
     assert acc["black"][table].mean() < 0.8, acc["black"][table].mean()
-    assert acc["random"][table].mean() > acc["black"][table].mean() + 0.2
-    assert acc["random"][table].mean() > 0.9 and acc["random"][~table].mean() > 0.9
+    for bg in ("random", "expected", "ramp"):
+        assert acc[bg][table].mean() > acc["black"][table].mean() + 0.2, bg
+    for bg in ("random", "expected"):  # the faded one has had less of the schedule at full strength
+        assert acc[bg][table].mean() > 0.9 and acc[bg][~table].mean() > 0.9, bg
 
 
 def test_runs_made_before_the_random_background_keep_a_black_one():

@@ -6,6 +6,7 @@ from ovs3d.render.volume import (
     accumulate_packed,
     alpha_from_density,
     composite_background,
+    expected_background_mse,
     render_weights,
 )
 
@@ -98,3 +99,18 @@ def test_composite_background_against_the_naive_loop():
     # an empty ray shows the background, an opaque one none of it
     assert torch.allclose(composite_background(torch.zeros(1, 3), torch.zeros(1), bg[0]), bg[:1])
     assert torch.allclose(composite_background(colours[:1, 0], torch.ones(1), bg[0]), colours[:1, 0])
+
+
+def test_expected_background_mse_against_monte_carlo():
+    g = torch.Generator().manual_seed(1)
+    acc = torch.rand(6, generator=g, dtype=torch.float64)
+    rgb = torch.rand(6, 3, generator=g, dtype=torch.float64) * acc[:, None]
+    target = torch.rand(6, 3, generator=g, dtype=torch.float64)
+    bgs = torch.rand(200_000, 1, 3, generator=g, dtype=torch.float64)
+    mc = (((rgb + (1 - acc)[:, None] * bgs) - target) ** 2).mean()
+    assert abs(float(expected_background_mse(rgb, acc, target) - mc)) < 2e-3
+    mc_half = (((rgb + (1 - acc)[:, None] * 0.5 * bgs) - target) ** 2).mean()
+    assert abs(float(expected_background_mse(rgb, acc, target, 0.5) - mc_half)) < 2e-3
+    # an opaque ray pays nothing for the background; a transparent one its variance 1/12 on top
+    ones = torch.ones(6, dtype=torch.float64)
+    assert torch.allclose(expected_background_mse(rgb, ones, target), ((rgb - target) ** 2).mean())

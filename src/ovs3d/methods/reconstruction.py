@@ -27,7 +27,7 @@ from ovs3d.io.scene import Scene
 from ovs3d.methods.loop import Callback, LoopSettings, run_stage
 from ovs3d.render.marching import MarchConfig, march, render_rgb
 from ovs3d.render.scene_rays import field_aabb, ray_near, view_rays
-from ovs3d.render.volume import composite_background, distortion_loss
+from ovs3d.render.volume import composite_background, distortion_loss, expected_background_mse
 from ovs3d.utils.config import rule
 from ovs3d.utils.files import load_checkpoint
 
@@ -95,13 +95,14 @@ class ReconstructionConfig:
     """TV weight on density planes (x1e-2 internally, as TensoRF)."""
     tv_weight_app: float = field(default=1.0, metadata=rule(ge=0))
     """TV weight on appearance planes (x1e-2 internally)."""
-    background: Literal["black", "random"] = "random"
+    background: Literal["black", "random", "expected"] = "random"
     """What a ray's remaining transmittance shows in training, on the scene kinds of ``background_kinds`` (black
     on the others). ``black`` (TensoRF's LLFF setting, the paper's): the field may leave a dark surface
     empty, since nothing renders black too — a black chess pawn on a dark countertop was not reconstructed at
     all, and every view fused its labels with the countertop's (bench/RESULTS.md §4, round 9). ``random``
     (default): a random colour per ray and step (instant-ngp's training trick), so only an opaque surface
-    reproduces the photo. Rendering is unchanged (over black)."""
+    reproduces the photo. ``expected``: the random background's expected loss in closed form, without its
+    noise (the ray over mid-grey, plus ``(1 - acc)^2 / 12`` per channel). Rendering is unchanged (over black)."""
     background_kinds: tuple[Literal["forward", "bounded", "unbounded"], ...] = ("forward",)
     """Scene kinds that train over ``background``; the others over black. Chosen on the forward-facing
     validation scenes; not measured on the others."""
@@ -109,6 +110,9 @@ class ReconstructionConfig:
     """Share of the schedule after which a random background applies (black before it: iteration 100 of 300),
     so that the surfaces form first and the random background only fills what they leave empty; from the start
     it cost up to 5 dB on a validation scene (bench/RESULTS.md §4, round 9)."""
+    background_ramp: float = field(default=0.0, metadata=rule(ge=0, le=1))
+    """Share of the schedule over which the background fades in after ``background_from`` (0: at once): the
+    random colours are drawn from ``[0, s]`` with ``s`` rising linearly from 0 to 1."""
     distortion_weight: float = field(default=0.01, metadata=rule(ge=0))
     """Weight of mip-NeRF 360's distortion loss (0 = TensoRF). It removes the semi-transparent fog in front of
     surfaces: sharper depth, fewer weight-carrying samples (faster marching and semantic caching)."""
@@ -362,9 +366,17 @@ class ReconstructionStage:
         )
         out = render_rgb(field_, marched, batch[:, 3:], cfg.march)
         rgb = out["rgb"]
-        if cfg.background == "random" and step >= cfg.background_from * self.n_iters:
-            rgb = composite_background(rgb, out["acc"], torch.rand(rgb.shape, generator=generator).to(rgb.device))
-        mse = torch.mean((rgb - target) ** 2)
+        late = step >= cfg.background_from * self.n_iters
+        fade = 1.0
+        if cfg.background_ramp > 0:
+            fade = min(1.0, (step - cfg.background_from * self.n_iters) / (cfg.background_ramp * self.n_iters))
+        if cfg.background == "random" and late:
+            bg = torch.rand(rgb.shape, generator=generator).to(rgb.device)
+            rgb = composite_background(rgb, out["acc"], bg if fade == 1.0 else fade * bg)
+        if cfg.background == "expected" and late:
+            mse = expected_background_mse(rgb, out["acc"], target, fade)
+        else:
+            mse = torch.mean((rgb - target) ** 2)
         loss = mse
         if cfg.distortion_weight > 0:
             loss = loss + cfg.distortion_weight * distortion_loss(marched.weights, marched.t_mid, marched.dt)

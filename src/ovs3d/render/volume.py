@@ -82,6 +82,26 @@ def composite_background(rgb: Tensor, acc: Tensor, background: Tensor) -> Tensor
     return rgb + (1.0 - acc)[..., None] * background
 
 
+def expected_background_mse(rgb: Tensor, acc: Tensor, target: Tensor, scale: float = 1.0) -> Tensor:
+    """The mean squared error over a uniform random background, in expectation, in closed form.
+
+    ``E_b mean((rgb + (1 - acc) b - target)^2)`` for ``b ~ U(0, s)^3`` per ray equals the error over the grey
+    ``s / 2`` plus ``Var(b) (1 - acc)^2 = s^2 (1 - acc)^2 / 12`` per channel: the random background's pull
+    towards opacity without its sampling noise.
+
+    Args:
+        rgb: ``[R, 3]`` accumulated colours (over black).
+        acc: ``[R]`` opacities.
+        target: ``[R, 3]`` pixel colours.
+        scale: ``s``, the upper end of the background's range.
+
+    Returns:
+        ``[]`` the expected mean over rays and channels.
+    """
+    grey = composite_background(rgb, acc, torch.full((3,), scale / 2, dtype=rgb.dtype, device=rgb.device))
+    return torch.mean((grey - target) ** 2) + scale**2 * torch.mean((1.0 - acc) ** 2) / 12.0
+
+
 def expected_depth(weights: Tensor, t_mid: Tensor) -> Tensor:
     """Expected ray parameter ``sum_i w_i t_i`` ``[R]`` from ``weights`` ``[R, N]`` and ``t_mid`` ``[R, N]``."""
     return (weights * t_mid).sum(-1)
