@@ -245,7 +245,8 @@ def _with_legacy_settings(
     fit_cfg: dict[str, Any], scene_kind: str | None, recon: ReconstructionConfig
 ) -> dict[str, Any]:
     """A stored ``fit`` config with the settings added since it was written, as they were then: no DINO grid floor
-    (``features.dino_min_cells`` None), and for the reconstruction a black background (``background``),
+    (``features.dino_min_cells`` None), and for the reconstruction a black background (``background``) or one
+    that came in at once (``background_ramp`` 0),
     ``unbounded_iters_factor`` 1 for an unbounded scene (older runs trained every kind alike), and no box
     shrink (``shrink_kinds`` empty) where ``recon`` would shrink the run's kind; where a setting changes
     nothing for the run's kind it takes ``recon``'s value and never blocks a resume."""
@@ -261,6 +262,10 @@ def _with_legacy_settings(
         added["background"] = recon.background if black_anyway else "black"
         added["background_kinds"] = list(recon.background_kinds)
         added["background_from"] = recon.background_from
+    if "background_ramp" not in stored_recon:  # the background came in at once (changes nothing over black)
+        background = {**stored_recon, **added}.get("background")
+        black_anyway = background == "black" or for_kind(recon, str(scene_kind)).background == "black"
+        added["background_ramp"] = recon.background_ramp if black_anyway else 0.0
     if "unbounded_iters_factor" not in stored_recon:
         added["unbounded_iters_factor"] = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
     if "shrink_kinds" not in stored_recon:

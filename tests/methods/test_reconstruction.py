@@ -229,8 +229,16 @@ def test_runs_made_before_the_random_background_keep_a_black_one():
     assert _with_legacy_settings(old, "forward", new)["recon"]["background_from"] == new.background_from
     # a room trains over black with the defaults too: its stored run reads as the defaults, never blocking
     assert _with_legacy_settings(old, "bounded", new)["recon"]["background"] == new.background
-    current = {"scene": "s", "recon": {**old["recon"], "background": "random", "background_from": 0.5}}
+    current = {
+        "scene": "s",
+        "recon": {**old["recon"], "background": "random", "background_from": 0.5, "background_ramp": 0.0},
+    }
     assert _with_legacy_settings(current, "forward", new) is current
+    # a random background stored before the fade existed came in at once
+    before_ramp = {"scene": "s", "recon": {**old["recon"], "background": "random", "background_from": 0.5}}
+    ramped = ReconstructionConfig(background_ramp=0.3)
+    assert _with_legacy_settings(before_ramp, "forward", ramped)["recon"]["background_ramp"] == 0.0
+    assert _with_legacy_settings(old, "forward", ramped)["recon"]["background_ramp"] == 0.3  # black: no matter
 
 
 def test_the_background_applies_on_its_kinds_only():
