@@ -114,7 +114,13 @@ def test_runs_made_before_the_unbounded_factor_keep_their_schedule():
     assert _with_legacy_settings(old, "forward", new)["recon"]["unbounded_iters_factor"] == new.unbounded_iters_factor
     current = {
         "scene": "s",
-        "recon": {"n_iters": 300, "unbounded_iters_factor": 3.0, "shrink_kinds": [], "background": "black"},
+        "recon": {
+            "n_iters": 300,
+            "unbounded_iters_factor": 3.0,
+            "shrink_kinds": [],
+            "background": "black",
+            "background_ramp": 0.0,
+        },
     }
     assert _with_legacy_settings(current, "unbounded", new) is current
 
