@@ -524,6 +524,9 @@ def label_meshes(points: PointCloud, trained, scene, cfg: ExportConfig) -> dict[
         if mesh is None:
             continue
         verts, faces = mesh
+        # the faces that close a surface cut by the grid lie in its zero border: put them on the grid's bounds,
+        # so that no vertex leaves the box the grid spans (up to half a cell did)
+        verts = np.clip(verts, -0.5, n - 0.5)
         verts_field = lo + (verts + 0.5) * steps
         out[c] = (field_to_input(scene, torch.from_numpy(verts_field.astype(np.float32))).astype(np.float32), faces)
     return out
