@@ -130,6 +130,11 @@ def scene_dir_for(out: Path, scene_set: str, seed: int) -> Path:
     return scene_dir
 
 
+def recon_dir(protocol_dir: Path, variant: str) -> Path:
+    """The shared reconstruction of a variant: ``recon`` plus its ``recon.<field>=<value>`` parts, in order."""
+    return protocol_dir / "+".join(["recon", *(p for p in variant.split("+") if p.startswith("recon."))])
+
+
 def label_shares(scene_dir: Path) -> dict[str, float]:
     """Each label's share of the annotated views' pixels (mean over views)."""
     from ovs3d.io.loader import load_scene
@@ -254,8 +259,7 @@ def main() -> None:
                 # one reconstruction per seed, protocol and reconstruction setting ("recon.<field>=<value>"
                 # parts), shared by the variants; fit resumes an interrupted one and returns at once for a
                 # finished one
-                recon_parts = [p for p in rest.split("+") if p.startswith("recon.")]
-                run_recon = args.out / f"{prefix}seed{seed}" / protocol / "+".join(["recon", *recon_parts])
+                run_recon = recon_dir(args.out / f"{prefix}seed{seed}" / protocol, rest)
                 recon_cfg = FitConfig(scene=scene_dir, out=run_recon, holdout=holdout, method="rgb", recon=cfg.recon)
                 fresh = not (run_recon / "checkpoints" / "reconstruction.pt").exists()
                 t0 = time.perf_counter()

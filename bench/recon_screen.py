@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_3dovs import scene_dir_for  # bench/ is the script's folder
+from bench_3dovs import recon_dir, scene_dir_for  # bench/ is the script's folder
 from fusion_ceiling import pooled_shares
 from ovs3d.methods.threedovs.ablations import with_ablation
 from ovs3d.run import FitConfig, _recon_differences, fit
@@ -88,8 +88,7 @@ def main() -> None:
             key = (args.scene_set, seed, args.protocol, variant)
             if key in done:
                 continue
-            parts = [p for p in variant.split("+") if p and p != "defaults"]
-            run = seed_dir / "+".join(["recon", *parts])
+            run = recon_dir(seed_dir, variant)  # the same folder bench_3dovs.py gives this reconstruction
             cfg = _recon_cfg(scene_dir, run, variant, args.protocol == "holdout")
             found = _existing(run, cfg)
             if found is None:

@@ -16,6 +16,7 @@ from ovs3d.export import (
     PointCloud,
     export_run,
     fuse_points,
+    marching_cubes_mesh,
     median_surface,
     read_points,
     write_gaussians_ply,
@@ -39,6 +40,17 @@ def test_median_surface_matches_a_loop():
                 k = i
                 break
         assert torch.equal(got[r], xyz[r, k])
+
+
+def test_marching_cubes_keeps_a_cut_surface_on_the_grids_cells():
+    # a block that fills the grid up to its bounds on three sides: its closing faces lie in the zero border
+    volume = np.zeros((6, 5, 4))
+    volume[2:, :, :] = 1.0
+    # a low level puts an unclipped border vertex 0.8 of a cell past the last sample: 0.3 past the grid's cells
+    verts, faces = marching_cubes_mesh(volume, 0.2)
+    assert len(faces) > 0
+    assert (verts >= -0.5).all() and (verts <= np.array(volume.shape) - 0.5).all()
+    assert np.isclose(verts[:, 0].min(), 1.2) and np.isclose(verts[:, 0].max(), 5.5)  # inner face kept, outer clipped
 
 
 def test_fuse_points_matches_a_dictionary_reference():

@@ -265,7 +265,8 @@ def marching_cubes_mesh(volume: np.ndarray, level: float) -> tuple[np.ndarray, n
         level: iso-level.
 
     Returns:
-        ``(vertices [V, 3] in grid index units, faces [F, 3] int32)``, or ``None`` when the level is not crossed.
+        ``(vertices [V, 3] in grid index units, within the grid's cells [-0.5, G - 0.5], faces [F, 3] int32)``,
+        or ``None`` when the level is not crossed.
     """
     from skimage.measure import marching_cubes
 
@@ -274,7 +275,9 @@ def marching_cubes_mesh(volume: np.ndarray, level: float) -> tuple[np.ndarray, n
     # A one-cell border of zeros closes surfaces cut by the grid's bounds.
     padded = np.pad(volume, 1)
     verts, faces, _, _ = marching_cubes(padded, level=level)
-    return (verts - 1.0).astype(np.float32), faces.astype(np.int32)
+    # the closing faces lie in the border, up to half a cell past the grid's cells: put them on their bounds
+    verts = np.clip(verts - 1.0, -0.5, np.asarray(volume.shape) - 0.5)
+    return verts.astype(np.float32), faces.astype(np.int32)
 
 
 # -- baking a run ------------------------------------------------------------------------------------------
@@ -524,9 +527,6 @@ def label_meshes(points: PointCloud, trained, scene, cfg: ExportConfig) -> dict[
         if mesh is None:
             continue
         verts, faces = mesh
-        # the faces that close a surface cut by the grid lie in its zero border: put them on the grid's bounds,
-        # so that no vertex leaves the box the grid spans (up to half a cell did)
-        verts = np.clip(verts, -0.5, n - 0.5)
         verts_field = lo + (verts + 0.5) * steps
         out[c] = (field_to_input(scene, torch.from_numpy(verts_field.astype(np.float32))).astype(np.float32), faces)
     return out

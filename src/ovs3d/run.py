@@ -257,15 +257,14 @@ def _with_legacy_settings(
     if not isinstance(stored_recon, dict):
         return fit_cfg
     added: dict[str, Any] = {}
+    black_kind = for_kind(recon, str(scene_kind)).background == "black"  # recon trains this kind over black
     if "background" not in stored_recon:  # every ray ended on black: so does recon's on a kind it does not cover
-        black_anyway = for_kind(recon, str(scene_kind)).background == "black"
-        added["background"] = recon.background if black_anyway else "black"
+        added["background"] = recon.background if black_kind else "black"
         added["background_kinds"] = list(recon.background_kinds)
         added["background_from"] = recon.background_from
     if "background_ramp" not in stored_recon:  # the background came in at once (changes nothing over black)
-        background = {**stored_recon, **added}.get("background")
-        black_anyway = background == "black" or for_kind(recon, str(scene_kind)).background == "black"
-        added["background_ramp"] = recon.background_ramp if black_anyway else 0.0
+        stored_black = {**stored_recon, **added}.get("background") == "black"
+        added["background_ramp"] = recon.background_ramp if stored_black or black_kind else 0.0
     if "unbounded_iters_factor" not in stored_recon:
         added["unbounded_iters_factor"] = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
     if "shrink_kinds" not in stored_recon:

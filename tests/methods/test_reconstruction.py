@@ -212,9 +212,14 @@ def test_random_background_makes_a_black_surface_opaque(black_table_dir, tmp_pat
     table = np.asarray(Image.open(black_table_dir / "sim" / "instances" / "00.png").resize((32, 24), Image.NEAREST))
     table = table == 2
     acc = {}
-    settings = {"black": {}, "random": {"background_ramp": 0.0}, "expected": {"background_ramp": 0.0}, "ramp": {}}
+    settings = {
+        "black": {"background": "black"},
+        "random": {"background": "random", "background_ramp": 0.0},
+        "expected": {"background": "expected", "background_ramp": 0.0},
+        "ramp": {"background": "random"},  # the default fade
+    }
     for name, kw in settings.items():
-        cfg = tiny_config(background="random" if name == "ramp" else name, **kw)
+        cfg = tiny_config(**kw)
         trained = train_reconstruction(scene, tmp_path / name, cfg, views)
         acc[name] = render_view(trained, scene, 0, 2.0)["acc"]
     # over black, nothing is as good as a black surface; a random background shows through anything but one,

@@ -375,7 +375,7 @@ class ReconstructionStage:
             fade = min(1.0, (step - cfg.background_from * self.n_iters) / (cfg.background_ramp * self.n_iters))
         if cfg.background == "random" and late:
             bg = torch.rand(rgb.shape, generator=generator).to(rgb.device)
-            rgb = composite_background(rgb, out["acc"], bg if fade == 1.0 else fade * bg)
+            rgb = composite_background(rgb, out["acc"], fade * bg)
         if cfg.background == "expected" and late:
             mse = expected_background_mse(rgb, out["acc"], target, fade)
         else:
