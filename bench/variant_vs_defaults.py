@@ -3,7 +3,8 @@
 The variant's records come from ``--results``; the defaults' record of a scene is taken from the same file
 when it holds one (``<scene>/3dovs/<name>``, the first of ``--reference-names``, default ``full``), else from
 ``--reference`` under the given name, but only when that record was measured on the same scene (the same
-labels and the same min–max 2D baseline: scene generators change between versions). "Lost" = labels with 2D
+labels and the same min–max 2D baseline or, where ``--reference`` holds no baseline records, the same labels'
+pixel shares: scene generators change between versions). "Lost" = labels with 2D
 min–max IoU ≥ 0.3 that end below 0.5 (issue 8).
 
 Usage::
@@ -69,7 +70,10 @@ def main() -> None:
         if default is None:
             for name in args.reference_names:
                 old, old_mm = find(ref, scene, f"{seg}/{name}"), find(ref, scene, "baseline-minmax")
-                same = old_mm and sorted(old_mm["iou"]) == sorted(mm["iou"]) and abs(old_mm["miou"] - mm["miou"]) < 1e-6
+                if old_mm is not None:
+                    same = sorted(old_mm["iou"]) == sorted(mm["iou"]) and abs(old_mm["miou"] - mm["miou"]) < 1e-6
+                else:  # a file of variant records only: the labels' pixel shares identify the scene
+                    same = old is not None and old.get("share") == rec.get("share")
                 if old is not None and same:
                     default = old
                     break
