@@ -73,7 +73,7 @@ def main() -> None:
                 if old_mm is not None:
                     same = sorted(old_mm["iou"]) == sorted(mm["iou"]) and abs(old_mm["miou"] - mm["miou"]) < 1e-6
                 else:  # a file of variant records only: the labels' pixel shares identify the scene
-                    same = old is not None and old.get("share") == rec.get("share")
+                    same = old is not None and rec.get("share") is not None and old.get("share") == rec["share"]
                 if old is not None and same:
                     default = old
                     break
