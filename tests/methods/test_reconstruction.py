@@ -96,7 +96,7 @@ def test_bounded_kind_marches_in_a_world_box(tiny_scene_dir, tmp_path):
 def test_unbounded_scenes_train_more_iterations():
     from ovs3d.methods.reconstruction import for_kind
 
-    cfg = ReconstructionConfig(background="black")
+    cfg = ReconstructionConfig(background="black", distortion_from=0.0)
     assert for_kind(cfg, "forward") is cfg and for_kind(cfg, "bounded") is cfg
     unbounded = for_kind(cfg, "unbounded")
     assert unbounded.n_iters == 2 * cfg.n_iters and unbounded.unbounded_iters_factor == 1.0
@@ -120,6 +120,7 @@ def test_runs_made_before_the_unbounded_factor_keep_their_schedule():
             "shrink_kinds": [],
             "background": "black",
             "background_ramp": 0.0,
+            "distortion_from": 0.5,
         },
     }
     assert _with_legacy_settings(current, "unbounded", new) is current
@@ -242,7 +243,13 @@ def test_runs_made_before_the_random_background_keep_a_black_one():
     assert _with_legacy_settings(old, "bounded", new)["recon"]["background"] == new.background
     current = {
         "scene": "s",
-        "recon": {**old["recon"], "background": "random", "background_from": 0.5, "background_ramp": 0.0},
+        "recon": {
+            **old["recon"],
+            "background": "random",
+            "background_from": 0.5,
+            "background_ramp": 0.0,
+            "distortion_from": 0.0,
+        },
     }
     assert _with_legacy_settings(current, "forward", new) is current
     # a random background stored before the fade existed came in at once
@@ -250,6 +257,16 @@ def test_runs_made_before_the_random_background_keep_a_black_one():
     ramped = ReconstructionConfig(background_ramp=0.3)
     assert _with_legacy_settings(before_ramp, "forward", ramped)["recon"]["background_ramp"] == 0.0
     assert _with_legacy_settings(old, "forward", ramped)["recon"]["background_ramp"] == 0.3  # black: no matter
+
+
+def test_runs_made_before_the_distortion_delay_had_it_from_the_start():
+    from ovs3d.run import _with_legacy_settings
+
+    old = {"scene": "s", "recon": {"n_iters": 300, "distortion_weight": 0.01}}
+    new = ReconstructionConfig(distortion_from=0.25)
+    assert _with_legacy_settings(old, "forward", new)["recon"]["distortion_from"] == 0.0
+    stored = {"scene": "s", "recon": {**old["recon"], "distortion_from": 0.25}}
+    assert _with_legacy_settings(stored, "forward", new)["recon"]["distortion_from"] == 0.25
 
 
 def test_the_background_applies_on_its_kinds_only():
@@ -260,7 +277,17 @@ def test_the_background_applies_on_its_kinds_only():
     assert for_kind(cfg, "bounded").background == "black"
     assert for_kind(cfg, "unbounded").background == "black" and for_kind(cfg, "unbounded").n_iters == 2 * cfg.n_iters
     everywhere = ReconstructionConfig(background="random", background_kinds=("forward", "bounded", "unbounded"))
-    assert for_kind(everywhere, "bounded") is everywhere
+    assert for_kind(everywhere, "bounded").background == "random"
+
+
+def test_the_distortion_delay_applies_on_its_kinds_only():
+    from ovs3d.methods.reconstruction import for_kind
+
+    cfg = ReconstructionConfig(distortion_from=0.25, distortion_from_kinds=("forward",))
+    assert for_kind(cfg, "forward").distortion_from == 0.25
+    assert for_kind(cfg, "bounded").distortion_from == 0.0 and for_kind(cfg, "unbounded").distortion_from == 0.0
+    everywhere = ReconstructionConfig(distortion_from=0.25, distortion_from_kinds=("forward", "bounded"))
+    assert for_kind(everywhere, "bounded").distortion_from == 0.25
 
 
 def test_recon_from_refuses_a_reconstruction_made_with_other_settings(tiny_scene_dir, tmp_path):
@@ -288,7 +315,23 @@ def test_recon_from_reads_a_run_stored_before_the_background_as_black():
     from ovs3d.run import _recon_differences
 
     stored = {"fit": {"scene": "s", "recon": {"n_iters": 300}}, "scene_kind": "forward"}
-    assert _recon_differences(stored, ReconstructionConfig()) == ["background"]
-    assert _recon_differences(stored, ReconstructionConfig(background="black")) == []
-    # on a kind the background does not cover, the stored run and the defaults are the same reconstruction
+    assert _recon_differences(stored, ReconstructionConfig()) == ["background", "distortion_from"]
+    assert _recon_differences(stored, ReconstructionConfig(background="black", distortion_from=0.0)) == []
+    # on a kind that neither covers, the stored run and the defaults are the same reconstruction
     assert _recon_differences({**stored, "scene_kind": "bounded"}, ReconstructionConfig()) == []
+
+
+def test_the_distortion_loss_applies_from_its_share_of_the_schedule(tiny_scene_dir):
+    from ovs3d.methods.reconstruction import ReconstructionStage
+
+    scene = load_scene(tiny_scene_dir)
+    views = scene.train_views(False)[:4]
+
+    def loss_at(step: int, weight: float) -> float:
+        torch.manual_seed(0)  # the same field initialisation for both weights
+        stage = ReconstructionStage(scene, tiny_config(distortion_weight=weight, distortion_from=0.5), views, "cpu")
+        loss, _ = stage.loss(step, torch.Generator().manual_seed(1))
+        return float(loss.detach())
+
+    assert loss_at(19, 100.0) == loss_at(19, 0.0)  # before iteration 20 of 40: no distortion term
+    assert loss_at(20, 100.0) > loss_at(20, 0.0)
