@@ -276,8 +276,9 @@ def test_the_background_applies_on_its_kinds_only():
     assert for_kind(cfg, "forward") is cfg
     assert for_kind(cfg, "bounded").background == "black"
     assert for_kind(cfg, "unbounded").background == "black" and for_kind(cfg, "unbounded").n_iters == 2 * cfg.n_iters
-    everywhere = ReconstructionConfig(background="random", background_kinds=("forward", "bounded", "unbounded"))
-    assert for_kind(everywhere, "bounded").background == "random"
+    kinds = ("forward", "bounded", "unbounded")
+    everywhere = ReconstructionConfig(background="random", background_kinds=kinds, distortion_from_kinds=kinds)
+    assert for_kind(everywhere, "bounded") is everywhere
 
 
 def test_the_distortion_delay_applies_on_its_kinds_only():
