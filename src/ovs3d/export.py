@@ -371,7 +371,8 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
             rgb = render["rgb"].float()
             # one image at a time, as eval: LERF picks each label's scale over the whole view
             scores = method.label_scores(render)
-            label = method.predict_labels(render)
+            image = {k: t.reshape(h_img, w_img, *t.shape[1:]) for k, t in render.items()}
+            label = method.predict_labels(image).reshape(-1)  # a whole view, as eval (e.g. 3D-OVS's CRF)
             score = scores.gather(-1, label[:, None])[:, 0]
             negatives = opened.loaded.negatives
             rel = method.relevancy(render, queries, negatives).float() if queries is not None else None

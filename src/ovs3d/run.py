@@ -626,7 +626,8 @@ def render(
         res = {"rgb": (np.clip(rgb, 0, 1) * 255).astype(np.uint8)}
         res["depth"] = depth_colormap(_depth_to_metric(scene, depth), *depth_range)
         if semantic is not None:
-            labels_map = method.predict_labels(r).reshape(h, w).cpu().numpy()
+            image = {k: t.reshape(h, w, *t.shape[1:]) for k, t in r.items()}
+            labels_map = method.predict_labels(image).cpu().numpy()  # a whole view, as eval
             res["segmentation"] = overlay_segmentation(rgb, labels_map, palette)
             rel = method.relevancy(r, qtext, negatives).cpu()  # [h*w, Q] LERF relevancy in [0, 1]
             for qi, q in enumerate(queries):

@@ -475,3 +475,86 @@ def test_prepare_computes_the_centre_only_where_centring_runs(tiny_scene_dir, tm
     assert scene.kind == "forward" and torch.allclose(data.clip_mean, expected)
     off = replace(cfg, semantic=SemanticConfig(use_fda=False, label_centering_kinds=("bounded",)))
     assert prepare_data(scene, trained, off, clip, None, views).clip_mean is None
+
+
+@pytest.mark.parametrize("sampling", ["balanced", "uniform"])
+def test_skip_label_borders_draws_no_ray_on_a_pseudo_class_border(tiny_scene_dir, tmp_path, sampling):
+    from ovs3d.foundation.registry import build_clip
+    from ovs3d.methods.threedovs.method import label_border_rays, prepare_data, pseudo_classes
+    from ovs3d.run import FitConfig
+
+    scene = load_scene(tiny_scene_dir)
+    trained = _trained(scene, tmp_path)
+    views = scene.train_views(False)
+    clip = build_clip("sim", scene.root)
+    semantic = SemanticConfig(use_fda=False, ray_sampling=sampling, selection_prior=None)
+    cfg = FitConfig(scene=tiny_scene_dir, out=tmp_path / "run", semantic=semantic)
+    plain = prepare_data(scene, trained, cfg, clip, None, views)
+    cfg.semantic.skip_label_borders = True
+    data = prepare_data(scene, trained, cfg, clip, None, views)
+    border = label_border_rays(pseudo_classes(data.relevancy), len(data.view_ids), data.view_size)
+    assert 0 < border.sum() < len(border)
+    assert (data.ray_weights[border] == 0).all() and (data.ray_weights[~border] > 0).all()
+    if sampling == "balanced":  # the other rays keep their balanced weights
+        assert torch.equal(data.ray_weights[~border], plain.ray_weights[~border])
+    else:
+        assert plain.ray_weights is None
+    draws = torch.multinomial(data.ray_weights, 4096, replacement=True)
+    assert not border[draws].any()
+
+
+def test_predict_labels_runs_the_crf_on_whole_views_only(tiny_scene_dir, tmp_path):
+    from dataclasses import replace
+
+    from ovs3d.methods.threedovs.method import ThreeDOVS
+    from ovs3d.render.crf import dense_crf
+
+    trained, data = _random_targets(tiny_scene_dir, tmp_path)
+    method = ThreeDOVS.from_data(trained, SemanticConfig(use_fda=False), data)
+    g = torch.Generator().manual_seed(1)
+    image = {
+        "features": torch.randn(6, 8, 16, generator=g),
+        "rgb": torch.rand(6, 8, 3, generator=g),
+        "depth": 0.5 + torch.rand(6, 8, generator=g),
+    }
+    cfg = method.cfg
+    logits = method.prediction_logits(image)
+    expected = dense_crf(
+        logits * 100.0, image["rgb"], image["depth"], cfg.crf_weight, cfg.crf_radius, cfg.crf_sigma_rgb,
+        cfg.crf_sigma_depth, cfg.crf_iters,
+    ).argmax(-1)  # fmt: skip
+    assert cfg.crf_iters > 0 and torch.equal(method.predict_labels(image), expected)
+    flat = {k: v.reshape(48, *v.shape[2:]) for k, v in image.items()}  # per-ray renders: the argmax
+    assert torch.equal(method.predict_labels(flat), logits.reshape(48, -1).argmax(-1))
+    method.cfg = replace(cfg, crf_iters=0)
+    assert torch.equal(method.predict_labels(image), logits.argmax(-1))
+
+
+def test_the_crf_is_on_for_3dovs_on_forward_scenes_and_off_for_runs_stored_before_it():
+    from pathlib import Path
+
+    from ovs3d.methods.ovnerf.config import OVNeRFConfig
+    from ovs3d.methods.threedovs.ablations import with_ablation
+    from ovs3d.methods.threedovs.method import ThreeDOVS, crf_runs
+    from ovs3d.run import FitConfig
+
+    cfg = SemanticConfig()
+    assert crf_runs(cfg, "forward") and not crf_runs(cfg, "bounded") and not crf_runs(cfg, "unbounded")
+    assert ThreeDOVS.config_from_dict({"n_iters": 3}).crf_iters == 0
+    assert OVNeRFConfig().crf_iters == 0
+    for variant in ("paper", "reference", "previous"):
+        assert with_ablation(FitConfig(scene=Path("s"), out=Path("o")), variant).semantic.crf_iters == 0
+
+
+def test_prepare_stores_the_crf_off_on_the_kinds_it_does_not_run_on(tiny_scene_dir, tmp_path, monkeypatch):
+    from ovs3d.methods.threedovs import method as threedovs
+    from ovs3d.run import FitConfig
+
+    trained, data = _random_targets(tiny_scene_dir, tmp_path)
+    monkeypatch.setattr(threedovs, "prepare_data", lambda *args, **kwargs: data)
+    scene = load_scene(tiny_scene_dir)
+    cfg = FitConfig(scene=tiny_scene_dir, out=tmp_path / "run", semantic=SemanticConfig(use_fda=False))
+    assert threedovs.ThreeDOVS.prepare(scene, trained, cfg, {"clip": None}, "cpu").cfg.crf_iters == 5
+    monkeypatch.setattr(scene, "kind", "bounded")  # the same targets, read as a room's
+    assert threedovs.ThreeDOVS.prepare(scene, trained, cfg, {"clip": None}, "cpu").cfg.crf_iters == 0
+    assert cfg.semantic.crf_iters == 5  # the user's config is left as it was

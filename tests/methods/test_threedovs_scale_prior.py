@@ -141,3 +141,49 @@ def test_semantic_grid_lets_features_depend_on_position():
     torch.testing.assert_close(plain.features(app)[0], plain.features(app)[1])
     with pytest.raises(ValueError, match="positions"):
         heads.features(app)
+
+
+def _border_loop(cls):
+    """Reference: 4-neighbour class changes, regions by flood fill, a region's border kept only with an interior."""
+    h, w = cls.shape
+
+    def nbrs(y, x):
+        steps = ((1, 0), (-1, 0), (0, 1), (0, -1))
+        return [(y + a, x + b) for a, b in steps if 0 <= y + a < h and 0 <= x + b < w]
+
+    border = [[any(cls[q] != cls[y, x] for q in nbrs(y, x)) for x in range(w)] for y in range(h)]
+    region = -torch.ones(h, w, dtype=torch.long)
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            if region[y, x] >= 0:
+                continue
+            stack, region[y, x] = [(y, x)], n
+            while stack:
+                p = stack.pop()
+                for q in nbrs(*p):
+                    if region[q] < 0 and cls[q] == cls[p]:
+                        region[q] = n
+                        stack.append(q)
+            n += 1
+    interior = {int(region[y, x]) for y in range(h) for x in range(w) if not border[y][x]}
+    return torch.tensor([[border[y][x] and int(region[y, x]) in interior for x in range(w)] for y in range(h)])
+
+
+def test_label_border_rays_match_a_loop_and_spare_regions_without_an_interior():
+    from ovs3d.methods.threedovs.method import label_border_rays
+
+    cls = torch.zeros(6, 7, dtype=torch.long)
+    cls[1:5, 1:5] = 1  # a 4x4 object: its ring is a border, its 2x2 centre is not
+    cls[0, 6] = 2  # one pixel: no interior, keeps its ray
+    cls[5, 5:7] = 3  # a 1x2 strip: no interior either
+    got = label_border_rays(cls.reshape(-1), 1, (7, 6)).reshape(6, 7)
+    assert torch.equal(got, _border_loop(cls))
+    assert not got[0, 6] and not got[5, 5:].any() and got[1, 1:5].all() and not got[2:4, 2:4].any()
+    # random maps, two views laid out row-major
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randint(0, 3, (2, 9, 11), generator=g)
+    maps[:, 2:7, 3:9] = 1  # a large region among the noise
+    got = label_border_rays(maps.reshape(-1), 2, (11, 9)).reshape(2, 9, 11)
+    for v in range(2):
+        assert torch.equal(got[v], _border_loop(maps[v]))

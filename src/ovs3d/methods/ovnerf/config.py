@@ -29,6 +29,9 @@ class OVNeRFConfig(SemanticConfig):
     label_centering: bool = False
     """As for 3D-OVS (on there); OV-NeRF's cross-entropy trains the prediction against its region labels
     directly, and its numbers (bench/RESULTS.md §5) were measured on the raw cosines, so off here."""
+    crf_iters: int = field(default=0, metadata=rule(ge=0))
+    """As for 3D-OVS (on there); OV-NeRF's region labels already follow its mask borders, and it has not been
+    measured with the CRF, so off here."""
     semantic_components: tuple[int, int, int] = field(default=(8, 8, 8), metadata=rule(ge=0))
     """Components per plane-line pair of a semantic VM grid beside the appearance feature at the CLIP-feature
     MLP's input (3D-OVS's option, off there as in the paper). On here: OV-NeRF's cross-entropy names regions

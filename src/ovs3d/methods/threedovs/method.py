@@ -13,7 +13,7 @@ frozen density (:mod:`ovs3d.render.cached`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,39 @@ def balanced_ray_weights(
     return class_balanced_weights(pseudo_classes(relevancy, scale_prior), relevancy.shape[-1], power)
 
 
+def label_border_rays(classes: Tensor, n_views: int, size: tuple[int, int]) -> Tensor:
+    """``[R]`` bool: pixel rays on the border of their class region in their view, for regions with an interior.
+
+    A ray is on the border when one of its 4-neighbours in its view has another class (the image's edge is not
+    a border). A region (4-connected pixels of one class) whose pixels are all on its border (1–2 pixels thick)
+    marks none of them, so that no region loses all of its rays.
+
+    Args:
+        classes: ``[R]`` int class per ray, ``R = n_views * h * w`` rays row-major per view.
+        n_views: number of views.
+        size: ``(w, h)`` of the views.
+    """
+    from scipy import ndimage
+
+    w, h = size
+    maps = classes.reshape(n_views, h, w).cpu().numpy()
+    out = np.zeros(maps.shape, dtype=bool)
+    for v, cls in enumerate(maps):
+        border = np.zeros((h, w), dtype=bool)
+        dy, dx = cls[1:] != cls[:-1], cls[:, 1:] != cls[:, :-1]
+        border[1:] |= dy
+        border[:-1] |= dy
+        border[:, 1:] |= dx
+        border[:, :-1] |= dx
+        for c in np.unique(cls):
+            regions, n = ndimage.label(cls == c)  # 4-connected
+            if n == 0:
+                continue
+            interior = np.bincount(regions[~border & (regions > 0)], minlength=n + 1) > 0  # [n + 1]
+            out[v] |= border & interior[regions] & (regions > 0)
+    return torch.from_numpy(out.reshape(-1))
+
+
 def consensus_relevancy(pixels: RaySamples, relevancy: Tensor, trained: TrainedField) -> Tensor:
     """``[R, S, C]`` per-view relevancies ``[R, S, C]`` of the pixel rays pooled across views in the voxels of
     the reconstruction's grid (:func:`~ovs3d.methods.targets.voxel_consensus`)."""
@@ -211,6 +244,14 @@ def prepare_data(
     if scfg.ray_sampling == "balanced":
         balance_from = consensus if scfg.balance_classes == "consensus" else relevancy
         ray_weights = balanced_ray_weights(balance_from, scale_prior, scfg.ray_balance_power)
+    if scfg.skip_label_borders:
+        n_views = len(feats.view_ids)
+        border = label_border_rays(
+            pseudo_classes(relevancy, scale_prior), n_views, scene.image_size(fcfg.semantic_downscale)
+        )
+        ray_weights = torch.ones(len(border)) if ray_weights is None else ray_weights.clone()
+        ray_weights[border] = 0.0
+        logger.info("label borders: %.1f%% of the pixel rays not drawn", 100 * float(border.float().mean()))
     if scfg.rda_targets == "consensus":
         n_views = len(feats.view_ids)
         relevancy = L.minmax_normalize(consensus.reshape(n_views, -1, *consensus.shape[1:]), dims=(1,)).reshape(
@@ -267,6 +308,12 @@ def centring_runs(cfg: SemanticConfig, kind: str) -> bool:
     return cfg.label_centering and kind in cfg.label_centering_kinds
 
 
+def crf_runs(cfg: SemanticConfig, kind: str) -> bool:
+    """Whether predictions of whole views go through the dense CRF on a scene of ``kind`` (``crf_iters`` and
+    ``kind`` in ``crf_kinds``)."""
+    return cfg.crf_iters > 0 and kind in cfg.crf_kinds
+
+
 def build_heads(trained: TrainedField, cfg: SemanticConfig, feature_dim: int, n_scales: int) -> SemanticHeads:
     """Fresh semantic heads sized for ``trained``."""
     return SemanticHeads(
@@ -317,6 +364,7 @@ class ThreeDOVS(SemanticMethod):
         "ray_sampling",
         "label_centering",
         "label_centering_kinds",
+        "crf_iters",
     )
 
     def __init__(
@@ -343,7 +391,11 @@ class ThreeDOVS(SemanticMethod):
     def prepare(cls, scene, trained, fit_cfg, backends, device) -> ThreeDOVS:
         views = scene.train_views(fit_cfg.holdout)
         data = prepare_data(scene, trained, fit_cfg, backends["clip"], backends.get("dino"), views)
-        return cls.from_data(trained, fit_cfg.semantic, data, device)
+        cfg = fit_cfg.semantic
+        if cfg.crf_iters and not crf_runs(cfg, scene.kind):  # stored as run: a loaded run needs no scene kind
+            logger.info("the dense CRF is off on %s scenes (--semantic.crf-kinds)", scene.kind)
+            cfg = replace(cfg, crf_iters=0)
+        return cls.from_data(trained, cfg, data, device)
 
     @classmethod
     def from_data(cls, trained: TrainedField, cfg: SemanticConfig, data: SemanticData, device="cpu") -> ThreeDOVS:
@@ -525,6 +577,27 @@ class ThreeDOVS(SemanticMethod):
         """``[..., C]`` cosines with the labels, centred with ``label_centering``: ``cos(f, t_c) − μ·t_c``."""
         logits, bias = self.label_logits(render), self.label_bias()
         return logits if bias is None else logits - bias.to(logits.device, logits.dtype)
+
+    def predict_labels(self, render: dict[str, Tensor]) -> Tensor:
+        """``[...]`` label indices; a whole rendered view (``[H, W, ...]``) goes through the dense CRF
+        (``crf_iters``) guided by its own ``rgb`` and ``depth``, any other render takes the argmax."""
+        logits = self.prediction_logits(render)
+        cfg = self.cfg
+        if cfg.crf_iters > 0 and logits.dim() == 3 and "rgb" in render and "depth" in render:
+            from ovs3d.render.crf import dense_crf
+
+            q = dense_crf(
+                logits.float() * self.score_scale,
+                render["rgb"].to(logits.device),
+                render["depth"].to(logits.device),
+                cfg.crf_weight,
+                cfg.crf_radius,
+                cfg.crf_sigma_rgb,
+                cfg.crf_sigma_depth,
+                cfg.crf_iters,
+            )
+            return q.argmax(-1)
+        return logits.argmax(-1)
 
     @torch.no_grad()
     def render_rays(self, rays_o: Tensor, rays_d: Tensor, near: float, chunk: int = 4096) -> dict[str, Tensor]:
