@@ -32,6 +32,25 @@ from ovs3d.methods.threedovs.method import prepare_data
 from ovs3d.run import _backends, _load_scene, fit_config_from_run
 
 
+def gt_labels(scene, scene_dir: Path, view_ids, size) -> np.ndarray:
+    """``[R]`` label index (−1: none) at the centre of every semantic pixel of ``view_ids``, row-major, read from
+    a simulated scene's instance maps (``sim/instances``) as the evaluation reads its GT: one point per pixel."""
+    meta = json.loads((scene_dir / "sim" / "instances.json").read_text())
+    label_of = {int(k): list(scene.classes).index(v) for k, v in meta["labels"].items()}
+    w, h = size
+    out = []
+    for v in view_ids:
+        ids = np.asarray(Image.open(scene_dir / "sim" / "instances" / f"{scene.stems[v]}.png"))
+        rows = ((np.arange(h) + 0.5) * ids.shape[0] / h).astype(int)
+        cols = ((np.arange(w) + 0.5) * ids.shape[1] / w).astype(int)
+        small = ids[np.ix_(rows, cols)]
+        gt = np.full(small.shape, -1)
+        for k, c in label_of.items():
+            gt[small == k] = c
+        out.append(gt.reshape(-1))
+    return np.concatenate(out)
+
+
 @torch.no_grad()
 def pooled_shares(run: Path) -> list[dict]:
     """Per label of ``run``'s scene: what pooling perfect 2D labels through its reconstruction keeps.
@@ -51,20 +70,7 @@ def pooled_shares(run: Path) -> list[dict]:
     trained = load_trained_field(run / "checkpoints" / CHECKPOINT_NAME, "cpu")
     backends = _backends(cfg, scene, "cpu", {"clip", "dino"})
     data = prepare_data(scene, trained, cfg, backends["clip"], backends.get("dino"), scene.train_views(cfg.holdout))
-    meta = json.loads((Path(cfg.scene) / "sim" / "instances.json").read_text())
-    label_of = {int(k): list(scene.classes).index(v) for k, v in meta["labels"].items()}
-    w, h = data.view_size
-    gts = []
-    for v in data.view_ids:
-        ids = np.asarray(Image.open(Path(cfg.scene) / "sim" / "instances" / f"{scene.stems[v]}.png"))
-        rows = ((np.arange(h) + 0.5) * ids.shape[0] / h).astype(int)
-        cols = ((np.arange(w) + 0.5) * ids.shape[1] / w).astype(int)
-        small = ids[np.ix_(rows, cols)]
-        gt = np.full(small.shape, -1)
-        for k, c in label_of.items():
-            gt[small == k] = c
-        gts.append(gt.reshape(-1))
-    gt = np.concatenate(gts)
+    gt = gt_labels(scene, Path(cfg.scene), data.view_ids, data.view_size)
     n_c = len(scene.classes)
     field = trained.field
     pool = lambda votes: voxel_consensus(  # noqa: E731

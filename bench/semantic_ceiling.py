@@ -24,33 +24,14 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from fusion_ceiling import gt_labels  # bench/ is the script's folder
 from ovs3d.methods.base import train_method
 from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field
 from ovs3d.methods.threedovs.ablations import with_ablation
 from ovs3d.methods.threedovs.method import ThreeDOVS, balanced_ray_weights, prepare_data
 from ovs3d.run import _backends, _load_scene, evaluate, fit_config_from_run
-
-
-def gt_labels(scene, scene_dir: Path, view_ids, size) -> np.ndarray:
-    """``[R]`` label index (−1: none) at the centre of every semantic pixel of ``view_ids``, row-major."""
-    meta = json.loads((scene_dir / "sim" / "instances.json").read_text())
-    label_of = {int(k): list(scene.classes).index(v) for k, v in meta["labels"].items()}
-    w, h = size
-    out = []
-    for v in view_ids:
-        ids = np.asarray(Image.open(scene_dir / "sim" / "instances" / f"{scene.stems[v]}.png"))
-        rows = ((np.arange(h) + 0.5) * ids.shape[0] / h).astype(int)
-        cols = ((np.arange(w) + 0.5) * ids.shape[1] / w).astype(int)
-        small = ids[np.ix_(rows, cols)]
-        gt = np.full(small.shape, -1)
-        for k, c in label_of.items():
-            gt[small == k] = c
-        out.append(gt.reshape(-1))
-    return np.concatenate(out)
 
 
 def gt_target_run(run: Path, variant: str | None = None, replace_what: str = "both") -> Path:
