@@ -558,3 +558,8 @@ def test_prepare_stores_the_crf_off_on_the_kinds_it_does_not_run_on(tiny_scene_d
     monkeypatch.setattr(scene, "kind", "bounded")  # the same targets, read as a room's
     assert threedovs.ThreeDOVS.prepare(scene, trained, cfg, {"clip": None}, "cpu").cfg.crf_iters == 0
     assert cfg.semantic.crf_iters == 5  # the user's config is left as it was
+    from ovs3d.methods.ovnerf.config import OVNeRFConfig
+
+    asked = OVNeRFConfig(crf_iters=5)  # OV-NeRF's prepare reads its settings through the same function
+    assert threedovs.settings_for_kind(asked, "bounded").crf_iters == 0
+    assert threedovs.settings_for_kind(asked, "forward") is asked

@@ -34,7 +34,13 @@ from ovs3d.io.scene import Scene
 from ovs3d.methods.loop import Callback
 from ovs3d.methods.ovnerf.config import OVNeRFConfig
 from ovs3d.methods.ovnerf.rsr import class_map_from_relevancy, region_crop_classes, region_vote
-from ovs3d.methods.threedovs.method import SemanticData, ThreeDOVS, class_balanced_weights, prepare_data
+from ovs3d.methods.threedovs.method import (
+    SemanticData,
+    ThreeDOVS,
+    class_balanced_weights,
+    prepare_data,
+    settings_for_kind,
+)
 from ovs3d.render.cached import RaySamples, render_semantic_samples, top_samples
 from ovs3d.render.rays import pixel_grid
 from ovs3d.render.scene_rays import camera_rays_in_field, ray_near
@@ -119,7 +125,7 @@ class OVNeRF(ThreeDOVS):
 
     @classmethod
     def prepare(cls, scene, trained, fit_cfg, backends, device) -> OVNeRF:
-        cfg: OVNeRFConfig = fit_cfg.semantic
+        cfg: OVNeRFConfig = settings_for_kind(fit_cfg.semantic, scene.kind)
         views = scene.train_views(fit_cfg.holdout)
         keep_raw = cfg.rsr_relevancy != "view"  # RSR's 2D maps normalise the cosines themselves
         data = prepare_data(scene, trained, fit_cfg, backends["clip"], backends.get("dino"), views, keep_raw)

@@ -314,6 +314,15 @@ def crf_runs(cfg: SemanticConfig, kind: str) -> bool:
     return cfg.crf_iters > 0 and kind in cfg.crf_kinds
 
 
+def settings_for_kind(cfg: SemanticConfig, kind: str) -> SemanticConfig:
+    """The settings a method trains and predicts with on a scene of ``kind``: the dense CRF off where it does not
+    run (``crf_kinds``). Stored as such in the semantic checkpoint, so that a loaded run needs no scene kind."""
+    if cfg.crf_iters and not crf_runs(cfg, kind):
+        logger.info("the dense CRF is off on %s scenes (--semantic.crf-kinds)", kind)
+        return replace(cfg, crf_iters=0)
+    return cfg
+
+
 def build_heads(trained: TrainedField, cfg: SemanticConfig, feature_dim: int, n_scales: int) -> SemanticHeads:
     """Fresh semantic heads sized for ``trained``."""
     return SemanticHeads(
@@ -391,11 +400,7 @@ class ThreeDOVS(SemanticMethod):
     def prepare(cls, scene, trained, fit_cfg, backends, device) -> ThreeDOVS:
         views = scene.train_views(fit_cfg.holdout)
         data = prepare_data(scene, trained, fit_cfg, backends["clip"], backends.get("dino"), views)
-        cfg = fit_cfg.semantic
-        if cfg.crf_iters and not crf_runs(cfg, scene.kind):  # stored as run: a loaded run needs no scene kind
-            logger.info("the dense CRF is off on %s scenes (--semantic.crf-kinds)", scene.kind)
-            cfg = replace(cfg, crf_iters=0)
-        return cls.from_data(trained, cfg, data, device)
+        return cls.from_data(trained, settings_for_kind(fit_cfg.semantic, scene.kind), data, device)
 
     @classmethod
     def from_data(cls, trained: TrainedField, cfg: SemanticConfig, data: SemanticData, device="cpu") -> ThreeDOVS:
