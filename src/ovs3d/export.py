@@ -332,6 +332,7 @@ def bake_points(run: Path, cfg: ExportConfig | None = None) -> tuple[PointCloud,
 @torch.no_grad()
 def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
     from ovs3d.eval.visualize import label_palette
+    from ovs3d.methods.base import as_view
     from ovs3d.query import check_texts, check_views, unique_slugs
     from ovs3d.render.cached import top_samples
     from ovs3d.render.scene_rays import field_to_input, field_to_world, input_scale, ray_near, view_rays
@@ -371,8 +372,7 @@ def _bake(opened: _OpenRun, cfg: ExportConfig) -> tuple[PointCloud, dict]:
             rgb = render["rgb"].float()
             # one image at a time, as eval: LERF picks each label's scale over the whole view
             scores = method.label_scores(render)
-            image = {k: t.reshape(h_img, w_img, *t.shape[1:]) for k, t in render.items()}
-            label = method.predict_labels(image).reshape(-1)  # a whole view, as eval (e.g. 3D-OVS's CRF)
+            label = method.predict_labels(as_view(render, h_img, w_img)).reshape(-1)  # a whole view, as eval
             score = scores.gather(-1, label[:, None])[:, 0]
             negatives = opened.loaded.negatives
             rel = method.relevancy(render, queries, negatives).float() if queries is not None else None

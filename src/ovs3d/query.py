@@ -196,6 +196,7 @@ def _path_videos(loaded: LoadedRun, queries: torch.Tensor, slugs: list[str], out
     """One heat-map video per text along the scene's smooth camera path."""
     from ovs3d.eval.visualize import relevancy_heatmap
     from ovs3d.io.video import write_video
+    from ovs3d.methods.base import as_view
     from ovs3d.render.rays import pixel_grid
     from ovs3d.render.scene_rays import camera_rays_in_field, ray_near
     from ovs3d.run import camera_path
@@ -210,7 +211,7 @@ def _path_videos(loaded: LoadedRun, queries: torch.Tensor, slugs: list[str], out
     for c2w in progress(list(camera_path(scene, frames)), desc="rendering the camera path", work=Work("frames")):
         o, d = camera_rays_in_field(scene, c2w, intr, ds, u, v)
         r = method.render_rays(o, d, ray_near(scene))
-        r = {k: t.reshape(h, w, *t.shape[1:]) for k, t in r.items()}
+        r = as_view(r, h, w)
         rel = method.relevancy(r, queries, loaded.negatives).float().cpu().numpy()
         rgb = np.clip(r["rgb"].float().cpu().numpy(), 0, 1)
         for q in range(len(slugs)):

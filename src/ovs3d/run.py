@@ -581,6 +581,7 @@ def render(
 
     from ovs3d.eval.visualize import depth_colormap, label_palette, overlay_segmentation, relevancy_heatmap
     from ovs3d.io.video import write_video
+    from ovs3d.methods.base import as_view
     from ovs3d.render.rays import pixel_grid
     from ovs3d.render.scene_rays import camera_rays_in_field, ray_near
     from ovs3d.utils.files import atomic_write_image
@@ -626,8 +627,7 @@ def render(
         res = {"rgb": (np.clip(rgb, 0, 1) * 255).astype(np.uint8)}
         res["depth"] = depth_colormap(_depth_to_metric(scene, depth), *depth_range)
         if semantic is not None:
-            image = {k: t.reshape(h, w, *t.shape[1:]) for k, t in r.items()}
-            labels_map = method.predict_labels(image).cpu().numpy()  # a whole view, as eval
+            labels_map = method.predict_labels(as_view(r, h, w)).cpu().numpy()  # a whole view, as eval
             res["segmentation"] = overlay_segmentation(rgb, labels_map, palette)
             rel = method.relevancy(r, qtext, negatives).cpu()  # [h*w, Q] LERF relevancy in [0, 1]
             for qi, q in enumerate(queries):

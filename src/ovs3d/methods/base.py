@@ -161,8 +161,13 @@ class SemanticMethod(abc.ABC):
         """Render a training/annotated view at ``1/downscale``: each output reshaped to ``[H, W, ...]``."""
         w, h = scene.image_size(downscale)
         o, d = view_rays(scene, view, downscale)
-        out = self.render_rays(o, d, ray_near(scene))
-        return {k: v.reshape(h, w, *v.shape[1:]) for k, v in out.items()}
+        return as_view(self.render_rays(o, d, ray_near(scene)), h, w)
+
+
+def as_view(render: dict[str, Tensor], height: int, width: int) -> dict[str, Tensor]:
+    """A render of a whole view's rays (``[H * W, ...]`` each, row-major) laid out as the view: ``[H, W, ...]``
+    each, what :meth:`SemanticMethod.predict_labels` reads as one image."""
+    return {k: v.reshape(height, width, *v.shape[1:]) for k, v in render.items()}
 
 
 def semantic_checkpoint(run: Path) -> Path:
