@@ -139,11 +139,10 @@ def label_border_rays(classes: Tensor, n_views: int, size: tuple[int, int]) -> T
         border[:, 1:] |= dx
         border[:, :-1] |= dx
         for c in np.unique(cls):
-            regions, n = ndimage.label(cls == c)  # 4-connected
-            if n == 0:
-                continue
+            regions, n = ndimage.label(cls == c)  # 4-connected, 0 = another class
+            # whether each region has a pixel off the border; never label 0, which counts nothing here
             interior = np.bincount(regions[~border & (regions > 0)], minlength=n + 1) > 0  # [n + 1]
-            out[v] |= border & interior[regions] & (regions > 0)
+            out[v] |= border & interior[regions]
     return torch.from_numpy(out.reshape(-1))
 
 
