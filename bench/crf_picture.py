@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from ovs3d.eval.visualize import label_palette, overlay_segmentation  # noqa: E402
 from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field  # noqa: E402
 from ovs3d.methods.registry import get_method  # noqa: E402
-from ovs3d.methods.threedovs.config import SemanticConfig  # noqa: E402
 from ovs3d.run import _load_scene, fit_config_from_run  # noqa: E402
+from refine_probe import with_default_crf  # noqa: E402  (bench/ is the script's folder)
 
 
 def main() -> None:
@@ -40,9 +40,7 @@ def main() -> None:
         method = get_method(cfg.method).load(
             load_trained_field(run / "checkpoints" / CHECKPOINT_NAME, "cpu"), run, "cpu"
         )
-        d = SemanticConfig()
-        on = replace(method.cfg, **{k: getattr(d, k) for k in ("crf_iters", "crf_weight", "crf_radius",
-                                                                 "crf_sigma_rgb", "crf_sigma_depth")})  # fmt: skip
+        on = with_default_crf(method.cfg)
         off = replace(method.cfg, crf_iters=0)
         v = scene.annotated[0]
         r = method.render_view(scene, v, cfg.features.semantic_downscale)

@@ -38,6 +38,15 @@ from ovs3d.methods.threedovs.config import SemanticConfig
 from ovs3d.render.crf import dense_crf, joint_bilateral
 from ovs3d.run import _load_scene, fit_config_from_run
 
+CRF_SETTINGS = ("crf_iters", "crf_weight", "crf_radius", "crf_sigma_rgb", "crf_sigma_depth")
+
+
+def with_default_crf(cfg):
+    """A run's semantic settings with the library's default CRF read-out (``SemanticConfig``'s ``crf_*``),
+    whatever the run stored (runs fitted before the CRF read as without it)."""
+    default = SemanticConfig()
+    return replace(cfg, **{k: getattr(default, k) for k in CRF_SETTINGS})
+
 
 def parse_crf(variant: str) -> dict | None:
     m = re.fullmatch(r"crf_t([\d.]+)_w([\d.]+)_r(\d+)_c([\d.]+|inf)_d([\d.]+|inf)_i(\d+)", variant)
@@ -83,10 +92,8 @@ def probe(run: Path, variants: list[str]) -> dict:
             logits = method.prediction_logits(r).float()  # [h, w, C]
             crf = parse_crf(name)
             if name == "defaults":
-                d = SemanticConfig()
-                keys = ("crf_iters", "crf_weight", "crf_radius", "crf_sigma_rgb", "crf_sigma_depth")
                 stored = method.cfg
-                method.cfg = replace(stored, **{k: getattr(d, k) for k in keys})
+                method.cfg = with_default_crf(stored)
                 labels = method.predict_labels(r)
                 method.cfg = stored
                 logits = torch.nn.functional.one_hot(labels, len(classes)).float()
