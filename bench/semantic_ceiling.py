@@ -65,8 +65,9 @@ def gt_target_run(run: Path, variant: str | None = None, replace_what: str = "bo
             data.clip_targets = targets
         if replace_what in ("both", "relevancy"):
             data.relevancy = rel
-        if data.ray_weights is not None:
-            data.ray_weights = balanced_ray_weights(data.relevancy, None, cfg.semantic.ray_balance_power)
+        if data.ray_weights is not None and replace_what != "features":  # the draws follow the new pseudo-classes
+            power = cfg.semantic.ray_balance_power
+            data.ray_weights = balanced_ray_weights(data.relevancy, data.scale_prior, power)
         if data.clip_mean is not None:
             data.clip_mean = data.clip_targets.float().mean((0, 1))
         train_method(ThreeDOVS.from_data(trained, cfg.semantic, data), dest)
