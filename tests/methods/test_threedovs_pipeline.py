@@ -563,3 +563,21 @@ def test_prepare_stores_the_crf_off_on_the_kinds_it_does_not_run_on(tiny_scene_d
     asked = OVNeRFConfig(crf_iters=5)  # OV-NeRF's prepare reads its settings through the same function
     assert threedovs.settings_for_kind(asked, "bounded").crf_iters == 0
     assert threedovs.settings_for_kind(asked, "forward") is asked
+
+
+def test_label_ce_is_the_cross_entropy_of_the_prediction_against_each_rays_pseudo_class(tiny_scene_dir, tmp_path):
+    m = _method_on_random_targets(tiny_scene_dir, tmp_path, label_ce_weight=0.5)
+    m.clip_mean = torch.nn.functional.normalize(torch.randn(16, generator=torch.Generator().manual_seed(4)), dim=0)
+    idx = torch.arange(0, 40, 3)
+    feats = 3 * torch.randn(len(idx), 16, generator=torch.Generator().manual_seed(5))
+    got = m.pseudo_class_loss(feats, idx)
+    # reference, one ray at a time: the class of the relevancy at the ray's prior scale, against 100 x centred cosines
+    total = 0.0
+    for r, i in enumerate(idx.tolist()):
+        cls = int(m.data.relevancy[i, int(m.data.scale_prior[i])].float().argmax())
+        z = 100.0 * (torch.nn.functional.normalize(feats[r], dim=0) @ m.text.T - m.text @ m.clip_mean)
+        total += float(torch.logsumexp(z, 0) - z[cls])
+    assert abs(float(got) - total / len(idx)) < 1e-3 * max(1.0, total / len(idx))
+    g = torch.Generator().manual_seed(0)
+    assert "ce" in m.loss(0, g)[1]
+    assert "ce" not in _method_on_random_targets(tiny_scene_dir, tmp_path / "off").loss(0, g)[1]

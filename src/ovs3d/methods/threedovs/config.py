@@ -99,6 +99,12 @@ class SemanticConfig:
     draws the border from the regions' interiors instead; a region with no interior pixel (1–2 pixels thick)
     keeps all its rays (ours). Measured on five validation scenes: −0.005 on the mean, the small objects losing
     the rays that kept them (bench/RESULTS.md §4, round 13), so off."""
+    label_ce_weight: float = field(default=0.0, metadata=rule(ge=0))
+    """Weight of a cross-entropy (ours) between the rendered prediction, ``score_scale`` × its centred cosines
+    (the logits ``eval`` ranks and the CRF reads), and each drawn ray's pseudo-class (the argmax of its view's
+    normalised relevancy at the ray's preferred scale, as the balanced draws read it). RDA's target
+    ``softmax(R̄)`` is met by a soft prediction; this term asks for the pseudo-class to win outright, as
+    OV-NeRF's region cross-entropy does with its labels. 0 = the paper (bench/RESULTS.md §4, round 14)."""
     balance_classes: Literal["view", "consensus"] = "view"
     """Where the balanced draws' pseudo-classes come from. ``view``: each ray's own view (argmax of that view's
     normalised relevancy). ``consensus`` (ours): that relevancy pooled over every training ray that reaches the
@@ -195,6 +201,7 @@ LEGACY_SETTINGS: dict = {
     "label_centering_kinds": ("forward", "bounded", "unbounded"),
     "skip_label_borders": False,
     "crf_iters": 0,
+    "label_ce_weight": 0.0,
 }
 """What settings added later meant before they existed: a run stored without them is read with these
 (``ThreeDOVS.legacy_settings``)."""

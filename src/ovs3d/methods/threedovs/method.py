@@ -468,7 +468,18 @@ class ThreeDOVS(SemanticMethod):
             rel = L.relevancy_targets(data.relevancy[idx].to(self.device), rda_selection)
             loss_rda = L.rda_loss(logits, rel, mode=cfg.rda_mode, temperature=cfg.rda_temperature)
             terms["rda"] = (cfg.rda_weight, loss_rda)
+        if cfg.label_ce_weight > 0:
+            terms["ce"] = (cfg.label_ce_weight, self.pseudo_class_loss(out["features"], idx))
         return terms
+
+    def pseudo_class_loss(self, features: Tensor, idx: Tensor) -> Tensor:
+        """Cross-entropy of the prediction of rendered features ``[B, D]`` against the pseudo-classes of pixel
+        rays ``idx`` ``[B]`` (``label_ce_weight``): ``score_scale`` × the centred cosines, as predicted."""
+        data = self.data
+        prior = None if data.scale_prior is None else data.scale_prior[idx]
+        classes = pseudo_classes(data.relevancy[idx].float(), prior).to(self.device)
+        logits = self.centred_for_training(L.segmentation_logits(features, self.text), features, normalized=True)
+        return F.cross_entropy(logits * self.score_scale, classes)
 
     def fda_loss(self, generator: torch.Generator) -> Tensor:
         """FDA (Eq. 9–14) on ``n_patches`` random patches of DINO cells."""
