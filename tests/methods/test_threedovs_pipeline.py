@@ -581,3 +581,40 @@ def test_label_ce_is_the_cross_entropy_of_the_prediction_against_each_rays_pseud
     g = torch.Generator().manual_seed(0)
     assert "ce" in m.loss(0, g)[1]
     assert "ce" not in _method_on_random_targets(tiny_scene_dir, tmp_path / "off").loss(0, g)[1]
+
+
+def test_render_label_targets_are_the_read_out_of_each_training_view_and_are_kept_on_resume(tiny_scene_dir, tmp_path):
+    from ovs3d.methods.threedovs.method import ThreeDOVS
+    from ovs3d.render.crf import dense_crf
+
+    m = _method_on_random_targets(
+        tiny_scene_dir, tmp_path, label_ce_weight=1.0, label_ce_targets="render", label_ce_start=1, label_ce_every=2
+    )
+    m.data.view_ids, m.data.view_size = (0,), (16, 12)
+    (callback,) = m.callbacks()
+    assert [s for s in range(6) if callback.due(s)] == [1, 3, 5]
+    g = torch.Generator().manual_seed(0)
+    assert "ce" not in m.loss(0, g)[1]  # no read-out yet
+    m.heads.train()
+    m.update_render_labels(1)
+    assert m.heads.training
+    # reference: the view rendered in one piece, its centred cosines through the CRF on its colour and depth
+    with torch.no_grad():
+        out = render_samples(m.trained, m.heads.eval(), m.data.pixels, with_select=False, with_rgb=True)
+    cfg = m.cfg
+    logits = m.prediction_logits(out).reshape(12, 16, -1)
+    rgb, depth = out["rgb"].clamp(0, 1).reshape(12, 16, 3), m.data.pixels.depth.reshape(12, 16)
+    expected = dense_crf(
+        100 * logits, rgb, depth, cfg.crf_weight, cfg.crf_radius, cfg.crf_sigma_rgb, cfg.crf_sigma_depth, cfg.crf_iters
+    ).argmax(-1)
+    assert torch.equal(m.render_labels, expected.reshape(-1))
+    assert "ce" in m.loss(2, g)[1]
+    idx = torch.arange(0, 100, 7)
+    feats = torch.randn(len(idx), 16, generator=g)
+    z = 100 * m.centred_for_training(L.segmentation_logits(feats, m.text), feats, normalized=True)
+    ce = torch.nn.functional.cross_entropy(z, m.render_labels[idx])
+    torch.testing.assert_close(m.pseudo_class_loss(feats, idx), ce)
+    fresh = ThreeDOVS.from_data(m.trained, m.cfg, m.data)
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.render_labels, m.render_labels)
+    assert _method_on_random_targets(tiny_scene_dir, tmp_path / "off", label_ce_weight=1.0).callbacks() == []

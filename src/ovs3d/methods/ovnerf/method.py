@@ -278,8 +278,8 @@ class OVNeRF(ThreeDOVS):
     def callbacks(self) -> list[Callback]:
         cfg = self.cfg
         if self.scene is None or not cse_runs(cfg, self.scene.kind) or cfg.cse_every <= 0:
-            return []
-        return [Callback(cfg.cse_every, self.update_targets, start=cfg.cse_start)]
+            return super().callbacks()
+        return [*super().callbacks(), Callback(cfg.cse_every, self.update_targets, start=cfg.cse_start)]
 
     def novel_samples(self) -> RaySamples:
         """Cached samples of every novel view's pixel rays at the semantic resolution (density is frozen)."""
@@ -296,18 +296,9 @@ class OVNeRF(ThreeDOVS):
             self._novel_shape = (h, w)
         return self._novel_samples
 
-    @torch.no_grad()
-    def _render_classes(self, samples: RaySamples, with_rgb: bool, chunk: int = 8192) -> dict[str, Tensor]:
-        feats, rgbs = [], []
-        for i in range(0, len(samples), chunk):
-            s = samples.index(torch.arange(i, min(i + chunk, len(samples)))).to(self.device)
-            o = render_semantic_samples(self.trained, self.heads, s, with_select=False, with_rgb=with_rgb)
-            feats.append(L.segmentation_logits(o["features"], self.query_text).argmax(-1).cpu())
-            if with_rgb:
-                rgbs.append(o["rgb"].clamp(0, 1).cpu())
-        out = {"classes": torch.cat(feats)}
-        if with_rgb:
-            out["rgb"] = torch.cat(rgbs)
+    def _render_classes(self, samples: RaySamples, with_rgb: bool) -> dict[str, Tensor]:
+        out = self.render_cached(samples, with_rgb)  # its logits: cosines with the (ensembled) query features
+        out["classes"] = out.pop("logits").argmax(-1)
         return out
 
     def update_targets(self, step: int) -> None:

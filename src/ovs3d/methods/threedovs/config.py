@@ -105,6 +105,16 @@ class SemanticConfig:
     normalised relevancy at the ray's preferred scale, as the balanced draws read it). RDA's target
     ``softmax(R̄)`` is met by a soft prediction; this term asks for the pseudo-class to win outright, as
     OV-NeRF's region cross-entropy does with its labels. 0 = the paper (bench/RESULTS.md §4, round 14)."""
+    label_ce_targets: Literal["relevancy", "render"] = "relevancy"
+    """The classes ``label_ce_weight`` trains towards. ``relevancy``: each ray's pseudo-class from its view's
+    CLIP relevancy, from the first step. ``render`` (ours): from ``label_ce_start`` on, the field's own labels of
+    each training view read out as ``eval`` reads them (the dense CRF on the view's render, when on), made again
+    every ``label_ce_every`` steps: the borders the CRF draws from the render's colour and depth become the
+    field's own (self-training, as OV-NeRF's CSE with the CRF instead of masks)."""
+    label_ce_start: int = field(default=300, metadata=rule(ge=0))
+    """First step of ``label_ce_targets="render"`` (its labels are made after this step)."""
+    label_ce_every: int = field(default=100, metadata=rule(ge=1))
+    """Steps between two read-outs of ``label_ce_targets="render"``."""
     balance_classes: Literal["view", "consensus"] = "view"
     """Where the balanced draws' pseudo-classes come from. ``view``: each ray's own view (argmax of that view's
     normalised relevancy). ``consensus`` (ours): that relevancy pooled over every training ray that reaches the

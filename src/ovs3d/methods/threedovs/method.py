@@ -28,6 +28,7 @@ from ovs3d.field.trained import TrainedField
 from ovs3d.foundation.features import clip_features, dino_features
 from ovs3d.io.scene import Scene
 from ovs3d.methods.base import SemanticMethod, semantic_checkpoint
+from ovs3d.methods.loop import Callback
 from ovs3d.methods.targets import normalized_clip_targets, patch_indices, voxel_consensus
 from ovs3d.methods.threedovs.config import LEGACY_SETTINGS, SemanticConfig
 from ovs3d.render.cached import RaySamples, render_semantic_samples, top_samples, view_pixel_samples, view_token_samples
@@ -390,6 +391,7 @@ class ThreeDOVS(SemanticMethod):
         self.heads = build_heads(trained, cfg, feature_dim, n_scales).to(device)
         self.data = data
         self.clip_mean = None if data is None or data.clip_mean is None else data.clip_mean.to(device)
+        self.render_labels: Tensor | None = None  # [R_p] int64 (label_ce_targets="render", after label_ce_start)
 
     @classmethod
     def needs(cls, cfg: SemanticConfig) -> set[str]:
@@ -468,18 +470,63 @@ class ThreeDOVS(SemanticMethod):
             rel = L.relevancy_targets(data.relevancy[idx].to(self.device), rda_selection)
             loss_rda = L.rda_loss(logits, rel, mode=cfg.rda_mode, temperature=cfg.rda_temperature)
             terms["rda"] = (cfg.rda_weight, loss_rda)
-        if cfg.label_ce_weight > 0:
+        if cfg.label_ce_weight > 0 and (cfg.label_ce_targets == "relevancy" or self.render_labels is not None):
             terms["ce"] = (cfg.label_ce_weight, self.pseudo_class_loss(out["features"], idx))
         return terms
 
     def pseudo_class_loss(self, features: Tensor, idx: Tensor) -> Tensor:
-        """Cross-entropy of the prediction of rendered features ``[B, D]`` against the pseudo-classes of pixel
-        rays ``idx`` ``[B]`` (``label_ce_weight``): ``score_scale`` × the centred cosines, as predicted."""
+        """Cross-entropy of the prediction of rendered features ``[B, D]`` against the classes of pixel rays
+        ``idx`` ``[B]`` (``label_ce_weight``): ``score_scale`` × the centred cosines, as predicted, against the
+        rays' pseudo-classes (``label_ce_targets="relevancy"``) or the field's last read-out (``"render"``)."""
         data = self.data
-        prior = None if data.scale_prior is None else data.scale_prior[idx]
-        classes = pseudo_classes(data.relevancy[idx].float(), prior).to(self.device)
+        if self.cfg.label_ce_targets == "render":
+            classes = self.render_labels[idx].to(self.device)
+        else:
+            prior = None if data.scale_prior is None else data.scale_prior[idx]
+            classes = pseudo_classes(data.relevancy[idx].float(), prior).to(self.device)
         logits = self.centred_for_training(L.segmentation_logits(features, self.text), features, normalized=True)
         return F.cross_entropy(logits * self.score_scale, classes)
+
+    def callbacks(self) -> list[Callback]:
+        cfg = self.cfg
+        if cfg.label_ce_weight > 0 and cfg.label_ce_targets == "render":
+            return [Callback(cfg.label_ce_every, self.update_render_labels, start=cfg.label_ce_start)]
+        return []
+
+    @torch.no_grad()
+    def render_cached(self, samples: RaySamples, with_rgb: bool, chunk: int = 8192) -> dict[str, Tensor]:
+        """Rays rendered from their cached ``samples`` (``R`` rays), on the CPU: the prediction ``logits`` ``[R, C]``
+        (:meth:`prediction_logits`; the features are not kept), ``rgb`` ``[R, 3]`` (``with_rgb``) and ``depth``
+        ``[R]``; the heads' training mode is kept."""
+        was_training = self.heads.training
+        self.heads.eval()
+        outs: dict[str, list[Tensor]] = {"logits": [], "rgb": []}
+        for i in range(0, len(samples), chunk):
+            s = samples.index(torch.arange(i, min(i + chunk, len(samples)))).to(self.device)
+            o = render_semantic_samples(self.trained, self.heads, s, with_select=False, with_rgb=with_rgb)
+            outs["logits"].append(self.prediction_logits(o).float().cpu())
+            if with_rgb:
+                outs["rgb"].append(o["rgb"].clamp(0, 1).cpu())
+        self.heads.train(was_training)
+        out = {k: torch.cat(v) for k, v in outs.items() if v}
+        out["depth"] = samples.depth.cpu()
+        return out
+
+    def update_render_labels(self, step: int) -> None:
+        """``label_ce_targets="render"``: every training view's labels as ``eval`` reads them from its render."""
+        if step >= self.cfg.n_iters:
+            return
+        w, h = self.data.view_size
+        render = self.render_cached(self.data.pixels, with_rgb=True)
+        labels = []
+        for j in range(len(self.data.view_ids)):
+            rows = slice(j * h * w, (j + 1) * h * w)
+            view = {k: v[rows].reshape(h, w, *v.shape[1:]) for k, v in render.items()}
+            labels.append(self.labels_from_logits(view["logits"], view).reshape(-1).cpu())
+        new = torch.cat(labels)
+        changed = 1.0 if self.render_labels is None else float((new != self.render_labels).float().mean())
+        self.render_labels = new
+        logger.info("label read-out at %d: %.1f%% of the training rays changed", step, 100 * changed)
 
     def fda_loss(self, generator: torch.Generator) -> Tensor:
         """FDA (Eq. 9–14) on ``n_patches`` random patches of DINO cells."""
@@ -540,11 +587,14 @@ class ThreeDOVS(SemanticMethod):
             "feature_dim": self.feature_dim,
             "n_scales": self.n_scales,
             **({} if self.clip_mean is None else {"clip_mean": self.clip_mean.cpu()}),
+            **({} if self.render_labels is None else {"render_labels": self.render_labels.to(torch.int16)}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.heads.load_state_dict(state["heads"])
         self.trained.field.load_state_dict(state["field"])
+        if "render_labels" in state:
+            self.render_labels = state["render_labels"].long()
 
     def freeze(self) -> None:
         set_trainable(self.trained, False)
@@ -596,7 +646,10 @@ class ThreeDOVS(SemanticMethod):
     def predict_labels(self, render: dict[str, Tensor]) -> Tensor:
         """``[...]`` label indices; a whole rendered view (``[H, W, ...]``) goes through the dense CRF
         (``crf_iters``) guided by its own ``rgb`` and ``depth``, any other render takes the argmax."""
-        logits = self.prediction_logits(render)
+        return self.labels_from_logits(self.prediction_logits(render), render)
+
+    def labels_from_logits(self, logits: Tensor, render: dict[str, Tensor]) -> Tensor:
+        """``[...]`` label indices of prediction logits ``[..., C]`` of ``render`` (:meth:`predict_labels`)."""
         cfg = self.cfg
         if cfg.crf_iters > 0 and logits.dim() == 3 and "rgb" in render and "depth" in render:
             from ovs3d.render.crf import dense_crf
