@@ -34,6 +34,49 @@ def normalized_clip_targets(features: np.ndarray) -> Tensor:
     return t.permute(1, 2, 0, 3).reshape(h * w, s, d).to(torch.float16)
 
 
+def edge_aware_targets(
+    targets: Tensor,
+    rgb: Tensor,
+    depth: Tensor,
+    radius: int,
+    sigma_rgb: float,
+    sigma_depth: float,
+    chunk: int = 256,
+) -> Tensor:
+    """One view's pixel CLIP targets averaged over neighbours of like colour and depth, then re-normalised.
+
+    A pixel's CLIP window straddles the border of the object it shows, so its feature leans towards the
+    neighbour's; the photo and the reconstruction's depth are sharp there. The
+    :func:`~ovs3d.render.crf.joint_bilateral` average (the pixel itself included) replaces each pixel's feature
+    by that of its neighbours on the same side of a colour or depth edge, per scale.
+
+    Args:
+        targets: ``[h * w, S, D]`` per-scale unit features of one view, row-major.
+        rgb: ``[h, w, 3]`` the view's photo in [0, 1] at the targets' resolution.
+        depth: ``[h, w]`` the reconstruction's depth of the view's pixel rays (positive).
+        radius: window half-size in pixels.
+        sigma_rgb: colour bandwidth.
+        sigma_depth: relative-depth bandwidth.
+        chunk: feature channels filtered at once (memory).
+
+    Returns:
+        ``[h * w, S, D]`` unit features, ``targets``' dtype.
+    """
+    from ovs3d.render.crf import joint_bilateral
+
+    h, w, _ = rgb.shape
+    n, s, d = targets.shape
+    flat = targets.reshape(h, w, s * d)
+    out = torch.cat(
+        [
+            joint_bilateral(flat[..., i : i + chunk], rgb, depth, radius, sigma_rgb, sigma_depth)
+            for i in range(0, s * d, chunk)
+        ],
+        dim=-1,
+    )
+    return F.normalize(out.reshape(n, s, d), dim=-1).to(targets.dtype)
+
+
 def voxel_consensus(
     xyz: Tensor, weights: Tensor, values: Tensor, aabb: Tensor, resolution, eps: float = 1e-8
 ) -> Tensor:

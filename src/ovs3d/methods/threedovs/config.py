@@ -115,6 +115,17 @@ class SemanticConfig:
     """First step of ``label_ce_targets="render"`` (its labels are made after this step)."""
     label_ce_every: int = field(default=100, metadata=rule(ge=1))
     """Steps between two read-outs of ``label_ce_targets="render"``."""
+    target_filter_radius: int = field(default=0, metadata=rule(ge=0))
+    """Half-size of an edge-aware filter of every training view's pixel CLIP targets before training (ours): each
+    pixel's features (every scale) become the joint bilateral average of its neighbours' within this many pixels,
+    weighted by likeness in the view's photo and the reconstruction's depth, then re-normalised; RDA's relevancy
+    is computed from them (:func:`ovs3d.methods.targets.edge_aware_targets`). A border pixel's window straddles
+    the next object; its neighbours on its own side of the edge do less. 0 = off, the paper
+    (bench/RESULTS.md §4, round 14)."""
+    target_filter_sigma_rgb: float = field(default=0.1, metadata=rule(gt=0))
+    """Colour bandwidth of the target filter (colours in [0, 1])."""
+    target_filter_sigma_depth: float = field(default=0.05, metadata=rule(gt=0))
+    """Relative-depth bandwidth of the target filter."""
     balance_classes: Literal["view", "consensus"] = "view"
     """Where the balanced draws' pseudo-classes come from. ``view``: each ray's own view (argmax of that view's
     normalised relevancy). ``consensus`` (ours): that relevancy pooled over every training ray that reaches the
@@ -212,6 +223,7 @@ LEGACY_SETTINGS: dict = {
     "skip_label_borders": False,
     "crf_iters": 0,
     "label_ce_weight": 0.0,
+    "target_filter_radius": 0,
 }
 """What settings added later meant before they existed: a run stored without them is read with these
 (``ThreeDOVS.legacy_settings``)."""

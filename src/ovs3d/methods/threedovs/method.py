@@ -29,7 +29,7 @@ from ovs3d.foundation.features import clip_features, dino_features
 from ovs3d.io.scene import Scene
 from ovs3d.methods.base import SemanticMethod, semantic_checkpoint
 from ovs3d.methods.loop import Callback
-from ovs3d.methods.targets import normalized_clip_targets, patch_indices, voxel_consensus
+from ovs3d.methods.targets import edge_aware_targets, normalized_clip_targets, patch_indices, voxel_consensus
 from ovs3d.methods.threedovs.config import LEGACY_SETTINGS, SemanticConfig
 from ovs3d.render.cached import RaySamples, render_semantic_samples, top_samples, view_pixel_samples, view_token_samples
 from ovs3d.utils.files import load_checkpoint
@@ -219,17 +219,24 @@ def prepare_data(
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else None
     feats = clip_features(scene, clip, views, fcfg, cache_root)
     text = F.normalize(clip.encode_text(list(scene.classes)).float(), dim=-1)  # [C, D]
+    k = scfg.samples_per_ray
+    pixels = view_pixel_samples(trained, scene, list(feats.view_ids), fcfg.semantic_downscale, k)
+    w, h = scene.image_size(fcfg.semantic_downscale)
     targets, rels, raws, rgbs = [], [], [], []
     for j, v in enumerate(feats.view_ids):
         t = normalized_clip_targets(feats[j])  # [h*w, S, D] float16
+        rgb = torch.from_numpy(scene.load_image(v, fcfg.semantic_downscale))  # [h, w, 3]
+        if scfg.target_filter_radius > 0:
+            depth = pixels.depth[j * h * w : (j + 1) * h * w].reshape(h, w)
+            t = edge_aware_targets(
+                t, rgb, depth, scfg.target_filter_radius, scfg.target_filter_sigma_rgb, scfg.target_filter_sigma_depth
+            )
         rel = L.segmentation_logits(t.float(), text)  # [h*w, S, C]
         rels.append(L.minmax_normalize(rel[None], dims=(1,))[0])  # per view, scale, class
         if keep_raw_relevancy:
             raws.append(rel)
         targets.append(t)
-        rgbs.append(torch.from_numpy(scene.load_image(v, fcfg.semantic_downscale)).reshape(-1, 3))
-    k = scfg.samples_per_ray
-    pixels = view_pixel_samples(trained, scene, list(feats.view_ids), fcfg.semantic_downscale, k)
+        rgbs.append(rgb.reshape(-1, 3))
     dfeats = dino_features(scene, dino, views, fcfg, cache_root) if needs_dino(scfg) else None
     scale_prior = None
     if scfg.selection_prior == "dino":
