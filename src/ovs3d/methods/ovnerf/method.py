@@ -306,14 +306,11 @@ class OVNeRF(ThreeDOVS):
         if step >= self.n_iters:
             return
         t0 = time.perf_counter()
-        was_training = self.heads.training
-        self.heads.eval()
-        classes = self._render_classes(self.data.pixels, with_rgb=False)["classes"]
+        classes = self._render_classes(self.data.pixels, with_rgb=False)["classes"]  # in eval mode, kept after
         new = self._rsr(classes)
         changed = float((new != self.labels).float().mean())
         self.labels = new
         kept = self._update_novel() if self._novel_c2w is not None and len(self._novel_c2w) else 0
-        self.heads.train(was_training)
         seconds = round(time.perf_counter() - t0, 2)
         update = {"step": step, "changed": round(changed, 4), "novel_views": kept, "seconds": seconds}
         self.stats.setdefault("cse_updates", []).append(update)

@@ -27,7 +27,7 @@ from ovs3d.field.semantic import SemanticHeads
 from ovs3d.field.trained import TrainedField
 from ovs3d.foundation.features import clip_features, dino_features
 from ovs3d.io.scene import Scene
-from ovs3d.methods.base import SemanticMethod, semantic_checkpoint
+from ovs3d.methods.base import SemanticMethod, as_view, semantic_checkpoint
 from ovs3d.methods.loop import Callback
 from ovs3d.methods.targets import edge_aware_targets, normalized_clip_targets, patch_indices, voxel_consensus
 from ovs3d.methods.threedovs.config import LEGACY_SETTINGS, SemanticConfig
@@ -253,9 +253,7 @@ def prepare_data(
         ray_weights = balanced_ray_weights(balance_from, scale_prior, scfg.ray_balance_power)
     if scfg.skip_label_borders:
         n_views = len(feats.view_ids)
-        border = label_border_rays(
-            pseudo_classes(relevancy, scale_prior), n_views, scene.image_size(fcfg.semantic_downscale)
-        )
+        border = label_border_rays(pseudo_classes(relevancy, scale_prior), n_views, (w, h))
         ray_weights = torch.ones(len(border)) if ray_weights is None else ray_weights.clone()
         ray_weights[border] = 0.0
         logger.info("label borders: %.1f%% of the pixel rays not drawn", 100 * float(border.float().mean()))
@@ -528,7 +526,7 @@ class ThreeDOVS(SemanticMethod):
         labels = []
         for j in range(len(self.data.view_ids)):
             rows = slice(j * h * w, (j + 1) * h * w)
-            view = {k: v[rows].reshape(h, w, *v.shape[1:]) for k, v in render.items()}
+            view = as_view({k: v[rows] for k, v in render.items()}, h, w)
             labels.append(self.labels_from_logits(view["logits"], view).reshape(-1).cpu())
         new = torch.cat(labels)
         changed = 1.0 if self.render_labels is None else float((new != self.render_labels).float().mean())
