@@ -91,6 +91,12 @@ SCENE_SETS: dict[str, dict[int, dict]] = {
         1023: {"width": 240, "height": 180, "n_small": (1, 2)},
         1024: {"width": 160, "height": 120},
         1025: {"width": 200, "height": 150, "n_objects": (4, 6), "hub_labels": 2},
+        # made for round 15: the labels of test scenes 2005/2006 that end below their 2D maps are objects partly
+        # hidden behind another (a pink piggy bank behind an eggplant, a matcha tin behind a roll of tape)
+        1030: {"width": 200, "height": 150, "n_objects": (4, 6), "occluded": 1},
+        1031: {"width": 240, "height": 180, "n_objects": (5, 7), "occluded": 2},
+        1032: {"width": 200, "height": 150, "n_objects": (4, 6), "occluded": 1, "camouflage": 1},
+        1033: {"width": 160, "height": 120, "n_objects": (4, 6), "occluded": 2, "hub_labels": 2},
     },
     # test: fixed before any result was seen; only reported
     "hard-test": {

@@ -373,6 +373,26 @@ def test_touching_small_objects_stand_against_a_larger_one():
         assert min(gaps) == pytest.approx(0.002, abs=1e-6)
 
 
+def test_occluded_objects_stand_behind_a_larger_one_and_stay_visible():
+    cfg = TabletopConfig(seed=4, occluded=1, **MEDIUM)
+    scene = tt.build_tabletop(cfg)
+    plain = tt.build_tabletop(TabletopConfig(seed=4, **MEDIUM))
+    hidden = min(scene.objects, key=lambda o: o.placed.shape.footprint())
+    p, fp = hidden.placed.position, hidden.placed.shape.footprint()
+    hosts = [
+        o
+        for o in scene.objects
+        if o is not hidden
+        and np.hypot(*(p - o.placed.position)[[0, 2]]) - fp - o.placed.shape.footprint() == pytest.approx(0.002)
+    ]
+    assert hosts and all(o.placed.shape.footprint() > fp for o in hosts)
+    # on the host's far side from the cameras (+z), off the line of sight
+    assert any(o.placed.position[2] > p[2] for o in hosts)
+    # the same objects and labels as without the option; every label still visible in every annotated view
+    assert sorted(o.label for o in scene.objects) == sorted(o.label for o in plain.objects)
+    assert tt.layout_problem(scene) is None
+
+
 def test_hub_labels_are_strong_hubs():
     from ovs3d.foundation.sim import clip_hubness
 
@@ -388,6 +408,8 @@ def test_hard_case_options_are_validated():
         TabletopConfig(n_small=(3, 1)).validate()
     with pytest.raises(OVS3DError, match="small_touch_prob"):
         TabletopConfig(small_touch_prob=1.5).validate()
+    with pytest.raises(OVS3DError, match="occluded"):
+        TabletopConfig(occluded=-1).validate()
 
 
 # The benchmark's hard scene sets (bench/bench_3dovs.py SCENE_SETS) with hub labels: their records in

@@ -91,6 +91,8 @@ class MakeScene(Output):
     """Hard cases: number of larger surfaces whose labels are strong simulated CLIP hubs."""
     camouflage: int | None = None
     """Hard cases: number of objects coloured like the wall or the table (the nearest colours of the pool)."""
+    occluded: int | None = None
+    """Hard cases: number of objects standing partly hidden behind a larger one (far side from the cameras)."""
     min_size_factor: float | None = None
     """Minimum short side of every object, in smallest CLIP patches (default: the preset's)."""
 

@@ -123,6 +123,11 @@ class TabletopConfig:
     """Hard cases: this many of the (non-small) objects take the label, and so the colours, of the pool object
     whose main colour is nearest the wall's (then the table's, alternating): an object hard to tell by colour from
     the surface behind or under it, as a pink piggy bank in front of a pink wall."""
+    occluded: int = field(default=0, metadata=rule(ge=0, le=12))
+    """Hard cases: this many of the (non-small) objects, the smallest first, stand partly hidden behind a larger
+    one (on its side away from the cameras, offset sideways, footprints 2 mm apart), as a pink piggy bank half
+    behind an eggplant: what each view shows of them changes with the view. The layout check still asks every
+    label to be visible in every annotated view."""
 
     def validate(self, name: Callable[[str], str] = field_name) -> None:
         """Raise :class:`OVS3DError` on values that cannot make a scene (one line).
@@ -496,13 +501,15 @@ def _place(
     gap: float = 0.07,
     choices: int = 6,
     touch: list[bool] | None = None,
+    behind: list[bool] | None = None,
 ) -> list[np.ndarray] | None:
     """Non-overlapping footprint centres ``[x, 0, z]`` for ``shapes`` (largest first), or ``None``.
 
     Each object takes, of ``choices`` free random spots, the one that overlaps least with the objects
     already placed as seen from the centre of the camera path (fewer fully hidden objects; partial
     occlusions still happen). An object with ``touch[i]`` instead stands against a larger object already
-    placed, on the side facing the cameras (footprints 2 mm apart).
+    placed, on the side facing the cameras (footprints 2 mm apart); one with ``behind[i]`` stands against a
+    larger one on its far side, 0.5-1.1 rad off the line to the cameras, so that it is partly hidden.
     """
     order = np.argsort([-s.footprint() for s in shapes], kind="stable")
     placed: dict[int, np.ndarray] = {}
@@ -513,13 +520,16 @@ def _place(
             np.hypot(x - p[0], z - p[2]) >= fp + shapes[j].footprint() + g - 1e-9 for j, p in placed.items()
         )
 
-    def against(fp: float) -> np.ndarray | None:
+    def against(fp: float, far: bool = False) -> np.ndarray | None:
         hosts = [j for j in placed if shapes[j].footprint() > fp]
         for _ in range(100):
             if not hosts:
                 return None
             j = hosts[int(rng.integers(len(hosts)))]
-            ang = rng.uniform(-1.0, 1.0)  # radians from the host's camera-facing side (+z)
+            if far:  # behind the host, off the line of sight by 0.5-1.1 rad to either side: partly hidden
+                ang = np.pi + rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.1)
+            else:
+                ang = rng.uniform(-1.0, 1.0)  # radians from the host's camera-facing side (+z)
             d = shapes[j].footprint() + fp + 0.002
             x, z = placed[j][0] + d * np.sin(ang), placed[j][2] + d * np.cos(ang)
             if free(x, z, fp, 0.002):
@@ -532,8 +542,8 @@ def _place(
 
     for i in order:
         fp = shapes[i].footprint()
-        if touch is not None and touch[i]:
-            spot = against(fp)
+        if (touch is not None and touch[i]) or (behind is not None and behind[i]):
+            spot = against(fp, far=behind is not None and bool(behind[i]))
             if spot is None:
                 return None
             placed[int(i)] = spot
@@ -665,7 +675,13 @@ def _draw_scene(config: TabletopConfig, attempt: int) -> TabletopScene | None:
         touch = [False] * len(kinds) + [bool(rng.random() < config.small_touch_prob) for _ in small]
         shapes += [_draw_shape(rng, k, config.small_radius) for k in small]
         kinds += small
-    positions = _place(rng, shapes, touch=touch)
+    behind = None
+    if config.occluded > 0:  # the smallest regular objects, each behind a larger one
+        n_regular = len(kinds) - (len(small) if config.n_small[1] > 0 else 0)
+        foot = [shapes[i].footprint() for i in range(n_regular)]
+        hidden = set(sorted(range(n_regular), key=foot.__getitem__)[: min(config.occluded, n_regular - 1)])
+        behind = [i in hidden for i in range(len(kinds))]
+    positions = _place(rng, shapes, touch=touch, behind=behind)
     if positions is None:
         return None
     wall = Surface(1, wall_kind.label, _surface_texture(rng, wall_kind, True), 0.02, 8.0)
