@@ -3,6 +3,9 @@
 Usage::
 
     python bench/label_table.py bench/out/3dovs/results.jsonl --set hard-test --protocol 3dovs
+    # several record files, and read-outs of the same runs from bench/refine_probe.py as their own column:
+    python bench/label_table.py bench/out/test/results.jsonl --probe bench/results/issue8-round13-crf-test.jsonl \
+        --probe-variant defaults --set hard-test --protocol holdout --per-label
 """
 
 from __future__ import annotations
@@ -53,6 +56,33 @@ def tables(records: list[dict], scene_set: str, protocol: str, methods: list[str
     return "\n".join(out)
 
 
+def probe_records(probe: list[dict], records: list[dict], variant: str, tag: str) -> list[dict]:
+    """``bench/refine_probe.py`` read-outs as records: each probe line's run is matched to its fit's record
+    (``name`` = the run's path below the output folder), whose IoUs and mIoU are replaced by the read-out's
+    ``variant`` and whose ablation gets ``+<tag>``; accuracy is not in a probe line and becomes NaN."""
+    by_name = {r["name"]: r for r in records if "name" in r and "ablation" in r}
+    out = []
+    for p in probe:
+        run = p["run"].rstrip("/")
+        rec = next((r for name, r in by_name.items() if run.endswith("/" + name)), None)
+        if rec is None or variant not in p.get("per_label", {}):
+            continue
+        out.append(
+            {
+                **rec,
+                "ablation": f"{rec['ablation']}+{tag}",
+                "iou": p["per_label"][variant],
+                "miou": p[variant],
+                "accuracy": float("nan"),
+            }
+        )
+    return out
+
+
+def _fmt(x: float) -> str:
+    return "—" if np.isnan(x) else f"{x:.3f}"
+
+
 def summary(records: list[dict], scene_set: str, protocol: str, methods: list[str] | None = None) -> str:
     """Markdown: mean mIoU per method over the set's scenes, with per-seed values."""
     rows = {}
@@ -82,14 +112,17 @@ def summary(records: list[dict], scene_set: str, protocol: str, methods: list[st
         ]
         lines.append(
             f"| {m} | {len(rs)} | {np.mean([r['miou'] for r in rs.values()]):.3f} | "
-            f"{np.mean([r['accuracy'] for r in rs.values()]):.3f} | {per} | {len(lost)}: {', '.join(lost)} |"
+            f"{_fmt(np.mean([r['accuracy'] for r in rs.values()]))} | {per} | {len(lost)}: {', '.join(lost)} |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", type=Path)
+    ap.add_argument("results", type=Path, nargs="+")
+    ap.add_argument("--probe", type=Path, nargs="*", default=[], help="bench/refine_probe.py records of the same runs")
+    ap.add_argument("--probe-variant", default="defaults", help="which of the probe's read-outs to show")
+    ap.add_argument("--probe-tag", default="crf", help="appended to the run's ablation name for the read-out")
     ap.add_argument("--set", dest="scene_set", default="tabletop")
     ap.add_argument("--protocol", default="3dovs")
     ap.add_argument("--methods", nargs="*", default=None)
@@ -98,7 +131,9 @@ def main() -> None:
     ap.add_argument("--rename", nargs="*", default=[], help="OLD->NEW display names (methods are then named NEW)")
     args = ap.parse_args()
     RENAME.update(dict(x.split("->", 1) for x in args.rename))
-    records = [json.loads(x) for x in args.results.read_text().splitlines() if x.strip()]
+    records = [json.loads(x) for f in args.results for x in f.read_text().splitlines() if x.strip()]
+    probe = [json.loads(x) for f in args.probe for x in f.read_text().splitlines() if x.strip()]
+    records += probe_records(probe, records, args.probe_variant, args.probe_tag)
     if args.seeds:
         records = [r for r in records if r["seed"] in args.seeds]
     print(summary(records, args.scene_set, args.protocol, args.methods))
