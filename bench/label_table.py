@@ -117,6 +117,43 @@ def summary(records: list[dict], scene_set: str, protocol: str, methods: list[st
     return "\n".join(lines)
 
 
+def scene_table(records: list[dict], scene_set: str, protocol: str, methods: list[str]) -> str:
+    """Markdown: one row per scene of the set, the mIoU of each method, the last method's margin over the 2D
+    min-max map and its labels lost (2D min-max IoU >= 0.3, below 0.5)."""
+    rows: dict[int, dict[str, dict]] = {}
+    for r in records:
+        if r.get("set", "tabletop") != scene_set or "iou" not in r:
+            continue
+        if r["protocol"] != protocol and r.get("method") != "2d-baseline":
+            continue
+        rows.setdefault(r["seed"], {})[_method(r)] = r
+    ref_name, last = RENAME.get("2D min-max", "2D min-max"), methods[-1]
+    lines = [
+        f"| {scene_set} seed | " + " | ".join(methods) + f" | {last} over 2D min-max | labels lost |",
+        "|---|" + "---|" * (len(methods) + 2),
+    ]
+    means: dict[str, list[float]] = {m: [] for m in methods}
+    for seed in sorted(rows):
+        by = rows[seed]
+        vals = []
+        for m in methods:
+            vals.append(f"{by[m]['miou']:.3f}" if m in by else "—")
+            if m in by:
+                means[m].append(by[m]["miou"])
+        ref, now = by.get(ref_name), by.get(last)
+        margin = f"{now['miou'] - ref['miou']:+.3f}" if ref and now else "—"
+        lost = sum(1 for k in now["iou"] if ref["iou"][k] >= 0.3 and now["iou"][k] < 0.5) if ref and now else "—"
+        lines.append(f"| {seed} | " + " | ".join(vals) + f" | {margin} | {lost} |")
+    lines.append(
+        f"| mean ({len(rows)}) | "
+        + " | ".join(
+            f"{np.mean(v):.3f}" + ("" if len(v) == len(rows) else f" ({len(v)})") if v else "—" for v in means.values()
+        )
+        + " | | |"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, nargs="+")
@@ -127,6 +164,7 @@ def main() -> None:
     ap.add_argument("--protocol", default="3dovs")
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--per-label", action="store_true")
+    ap.add_argument("--scene-table", action="store_true", help="one row per scene instead of one per method")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="only these seeds")
     ap.add_argument("--rename", nargs="*", default=[], help="OLD->NEW display names (methods are then named NEW)")
     args = ap.parse_args()
@@ -135,8 +173,11 @@ def main() -> None:
     probe = [json.loads(x) for f in args.probe for x in f.read_text().splitlines() if x.strip()]
     records += probe_records(probe, records, args.probe_variant, args.probe_tag)
     if args.seeds:
-        records = [r for r in records if r["seed"] in args.seeds]
-    print(summary(records, args.scene_set, args.protocol, args.methods))
+        records = [r for r in records if r.get("seed") in args.seeds]
+    if args.scene_table:
+        print(scene_table(records, args.scene_set, args.protocol, args.methods or []))
+    else:
+        print(summary(records, args.scene_set, args.protocol, args.methods))
     if args.per_label:
         print(tables(records, args.scene_set, args.protocol, args.methods))
 
