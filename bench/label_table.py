@@ -28,20 +28,34 @@ def _method(r: dict) -> str:
     return RENAME.get(tag, tag)
 
 
+def _selected(records: list[dict], scene_set: str, protocol: str) -> list[dict]:
+    """The records of ``scene_set`` with per-label IoUs, of ``protocol`` (2D baselines belong to every protocol)."""
+    return [
+        r
+        for r in records
+        if r.get("set", "tabletop") == scene_set
+        and "iou" in r
+        and (r["protocol"] == protocol or r.get("method") == "2d-baseline")
+    ]
+
+
+def _by_scene(records: list[dict], scene_set: str, protocol: str) -> dict[int, dict[str, dict]]:
+    """``{seed: {method: record}}`` of :func:`_selected`, in record order."""
+    out: dict[int, dict[str, dict]] = {}
+    for r in _selected(records, scene_set, protocol):
+        out.setdefault(r["seed"], {})[_method(r)] = r
+    return out
+
+
+def _lost(ref: dict, rec: dict) -> list[str]:
+    """Labels the 2D min-max map ``ref`` finds (IoU >= 0.3) that ``rec`` loses (IoU < 0.5)."""
+    return [label for label in rec["iou"] if ref["iou"][label] >= 0.3 and rec["iou"][label] < 0.5]
+
+
 def tables(records: list[dict], scene_set: str, protocol: str, methods: list[str] | None = None) -> str:
     """Markdown: per scene, rows = labels (smallest first, with their share), columns = methods."""
     out = []
-    seeds = sorted({r["seed"] for r in records if r.get("set", "tabletop") == scene_set})
-    for seed in seeds:
-        recs = [
-            r
-            for r in records
-            if r.get("set", "tabletop") == scene_set
-            and r["seed"] == seed
-            and "iou" in r
-            and (r["protocol"] == protocol or r.get("method") == "2d-baseline")
-        ]
-        by = {_method(r): r for r in recs}
+    for seed, by in sorted(_by_scene(records, scene_set, protocol).items()):
         cols = [m for m in (methods or by) if m in by]
         if not cols:
             continue
@@ -85,12 +99,8 @@ def _fmt(x: float) -> str:
 
 def summary(records: list[dict], scene_set: str, protocol: str, methods: list[str] | None = None) -> str:
     """Markdown: mean mIoU per method over the set's scenes, with per-seed values."""
-    rows = {}
-    for r in records:
-        if r.get("set", "tabletop") != scene_set or "iou" not in r:
-            continue
-        if r["protocol"] != protocol and r.get("method") != "2d-baseline":
-            continue
+    rows: dict[str, dict[int, dict]] = {}
+    for r in _selected(records, scene_set, protocol):
         rows.setdefault(_method(r), {})[r["seed"]] = r
     lines = [
         "| method | scenes | mean mIoU | mean accuracy | per-scene mIoU (Δ vs 2D min-max) | lost labels |",
@@ -107,8 +117,7 @@ def summary(records: list[dict], scene_set: str, protocol: str, methods: list[st
             f"{s}/{label} {ref[s]['iou'][label]:.2f}→{rs[s]['iou'][label]:.2f}"
             for s in sorted(rs)
             if s in ref
-            for label in rs[s]["iou"]
-            if ref[s]["iou"][label] >= 0.3 and rs[s]["iou"][label] < 0.5
+            for label in _lost(ref[s], rs[s])
         ]
         lines.append(
             f"| {m} | {len(rs)} | {np.mean([r['miou'] for r in rs.values()]):.3f} | "
@@ -120,13 +129,7 @@ def summary(records: list[dict], scene_set: str, protocol: str, methods: list[st
 def scene_table(records: list[dict], scene_set: str, protocol: str, methods: list[str]) -> str:
     """Markdown: one row per scene of the set, the mIoU of each method, the last method's margin over the 2D
     min-max map and its labels lost (2D min-max IoU >= 0.3, below 0.5)."""
-    rows: dict[int, dict[str, dict]] = {}
-    for r in records:
-        if r.get("set", "tabletop") != scene_set or "iou" not in r:
-            continue
-        if r["protocol"] != protocol and r.get("method") != "2d-baseline":
-            continue
-        rows.setdefault(r["seed"], {})[_method(r)] = r
+    rows = _by_scene(records, scene_set, protocol)
     ref_name, last = RENAME.get("2D min-max", "2D min-max"), methods[-1]
     lines = [
         f"| {scene_set} seed | " + " | ".join(methods) + f" | {last} over 2D min-max | labels lost |",
@@ -142,7 +145,7 @@ def scene_table(records: list[dict], scene_set: str, protocol: str, methods: lis
                 means[m].append(by[m]["miou"])
         ref, now = by.get(ref_name), by.get(last)
         margin = f"{now['miou'] - ref['miou']:+.3f}" if ref and now else "—"
-        lost = sum(1 for k in now["iou"] if ref["iou"][k] >= 0.3 and now["iou"][k] < 0.5) if ref and now else "—"
+        lost = len(_lost(ref, now)) if ref and now else "—"
         lines.append(f"| {seed} | " + " | ".join(vals) + f" | {margin} | {lost} |")
     lines.append(
         f"| mean ({len(rows)}) | "
