@@ -13,26 +13,18 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
+from ovs3d.eval.metrics import masks_to_labels, view_key
+from ovs3d.io.loader import load_scene
 
-def label_map(folder: Path, labels: list[str], size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``[H, W]`` label indices from one view's per-label masks (resized by nearest to ``size`` = (H, W)) and
-    ``[H, W]`` whether any label covers the pixel."""
-    masks = []
-    for label in labels:
-        m = np.asarray(iio.imread(folder / f"{label}.png"))
-        m = m[..., 0] if m.ndim == 3 else m
-        if size and m.shape != size:
-            m = np.asarray(Image.fromarray(m).resize((size[1], size[0]), Image.NEAREST))
-        masks.append(m > 127)
-    stack = np.stack(masks)
-    return stack.argmax(0), stack.any(0)
+
+def predicted_labels(folder: Path, classes: list[str]) -> np.ndarray:
+    """``[H, W]`` label indices of one view's predicted per-label masks, as ``ovs3d eval`` writes them."""
+    return masks_to_labels(np.stack([np.asarray(Image.open(folder / f"{c}.png").convert("L")) > 127 for c in classes]))
 
 
 def main() -> None:
@@ -41,24 +33,27 @@ def main() -> None:
     ap.add_argument("labels", help="comma-separated labels to report")
     ap.add_argument("runs", nargs="+", help="NAME=RUN_FOLDER")
     args = ap.parse_args()
-    labels = sorted(set(json.loads((args.scene / "sim" / "instances.json").read_text())["labels"].values()))
-    focus = [labels.index(x) for x in args.labels.split(",")]
-    views = sorted(p.name for p in (args.scene / "segmentations").iterdir() if p.is_dir())
+    scene = load_scene(args.scene)
+    classes = list(scene.classes)
+    focus = [classes.index(x) for x in args.labels.split(",")]
+    n = len(classes)
     for name, run in (x.split("=", 1) for x in args.runs):
-        n = len(labels)
         conf = np.zeros((n, n), int)
-        for v in views:
-            pred_dir = Path(run) / "eval" / "pred" / v
+        for v in scene.annotated:
+            pred_dir = Path(run) / "eval" / "pred" / view_key(v)
             if not pred_dir.exists():
                 continue
-            pred, _ = label_map(pred_dir, labels)
-            gt, has = label_map(args.scene / "segmentations" / v, labels, pred.shape)
+            pred = predicted_labels(pred_dir, classes)
+            gt = masks_to_labels(scene.load_masks(v, scene.width / pred.shape[1]))  # [H, W], -1 = no label
+            if gt.shape != pred.shape:
+                raise SystemExit(f"{pred_dir}: predictions of {pred.shape} against GT of {gt.shape}")
+            has = gt >= 0
             np.add.at(conf, (gt[has], pred[has]), 1)
         for k in focus:
             row, col = conf[k], conf[:, k]
-            went = ", ".join(f"{labels[j]} {row[j]}" for j in np.argsort(-row)[:3] if row[j])
-            came = ", ".join(f"{labels[j]} {col[j]}" for j in np.argsort(-col)[:3] if col[j])
-            print(f"{name}: {labels[k]}: {row.sum()} GT px -> {went} | predicted from {came}")
+            went = ", ".join(f"{classes[j]} {row[j]}" for j in np.argsort(-row)[:3] if row[j])
+            came = ", ".join(f"{classes[j]} {col[j]}" for j in np.argsort(-col)[:3] if col[j])
+            print(f"{name}: {classes[k]}: {row.sum()} GT px -> {went} | predicted from {came}")
 
 
 if __name__ == "__main__":

@@ -22,20 +22,19 @@ import numpy as np
 import torch
 
 from fusion_ceiling import gt_labels  # bench/ is the script's folder
+from ovs3d.eval.metrics import segmentation_view_metrics
 from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field
 from ovs3d.methods.threedovs.method import prepare_data, pseudo_classes
 from ovs3d.run import _backends, _load_scene, fit_config_from_run
 
 
 def miou(pred: np.ndarray, gt: np.ndarray, classes: list[str]) -> tuple[float, dict[str, float]]:
-    """mIoU over the labels present in ``gt`` (−1 ignored) and the IoU per label."""
+    """mIoU over the labels present in ``gt`` (−1 ignored) and the IoU per label, the training views' pixels
+    pooled (``[N]`` each)."""
     keep = gt >= 0
-    pred, gt = pred[keep], gt[keep]
-    per = {}
-    for c, name in enumerate(classes):
-        if (gt == c).any():
-            inter, union = np.sum((pred == c) & (gt == c)), np.sum((pred == c) | (gt == c))
-            per[name] = round(float(inter / union), 4)
+    masks = gt[keep][None, None, :] == np.arange(len(classes))[:, None, None]  # [C, 1, N]
+    m = segmentation_view_metrics(masks, pred[keep][None, :], classes)
+    per = {c: round(m["iou"][c], 4) for c in classes if m["gt_pixels"][c] > 0}
     return float(np.mean(list(per.values()))), per
 
 

@@ -542,8 +542,9 @@ def _place(
 
     for i in order:
         fp = shapes[i].footprint()
-        if (touch is not None and touch[i]) or (behind is not None and behind[i]):
-            spot = against(fp, far=behind is not None and bool(behind[i]))
+        far = behind is not None and bool(behind[i])
+        if far or (touch is not None and touch[i]):
+            spot = against(fp, far)
             if spot is None:
                 return None
             placed[int(i)] = spot
@@ -667,6 +668,7 @@ def _draw_scene(config: TabletopConfig, attempt: int) -> TabletopScene | None:
         wall_kind, table_kind, kinds = _with_hub_labels(rng, config.hub_labels, wall_kind, table_kind, kinds, shapes)
     if config.camouflage > 0:
         kinds = _with_camouflage(config.camouflage, wall_kind, table_kind, kinds)
+    n_regular = len(kinds)  # before any small objects join
     touch = None
     if config.n_small[1] > 0:
         small = _draw_small_kinds(rng, config, kinds, [wall_kind.label, table_kind.label])
@@ -677,7 +679,6 @@ def _draw_scene(config: TabletopConfig, attempt: int) -> TabletopScene | None:
         kinds += small
     behind = None
     if config.occluded > 0:  # the smallest regular objects, each behind a larger one
-        n_regular = len(kinds) - (len(small) if config.n_small[1] > 0 else 0)
         foot = [shapes[i].footprint() for i in range(n_regular)]
         hidden = set(sorted(range(n_regular), key=foot.__getitem__)[: min(config.occluded, n_regular - 1)])
         behind = [i in hidden for i in range(len(kinds))]
