@@ -93,6 +93,13 @@ def probe_records(probe: list[dict], records: list[dict], variant: str, tag: str
     return out
 
 
+def probe_runs(paths: list[Path], records: list[dict], variant: str = "defaults") -> list[dict]:
+    """The ``variant`` read-outs in the ``bench/refine_probe.py`` files ``paths`` as records of their own, named
+    ``<run>+crf`` (the defaults' runs read out as a run fitted today is), for name lookups."""
+    probe = [json.loads(x) for f in paths for x in f.read_text().splitlines() if x.strip()]
+    return [{**r, "name": f"{r['name']}+crf"} for r in probe_records(probe, records, variant, "crf")]
+
+
 def _fmt(x: float) -> str:
     return "—" if np.isnan(x) else f"{x:.3f}"
 

@@ -7,10 +7,16 @@ labels and the same min–max 2D baseline or, where ``--reference`` holds no bas
 pixel shares: scene generators change between versions). "Lost" = labels with 2D
 min–max IoU ≥ 0.3 that end below 0.5 (issue 8).
 
+``--probe`` adds ``bench/refine_probe.py`` read-outs of the defaults' runs as records named ``<run>+crf`` (their
+``defaults`` read-out: the dense CRF since round 13), so that ``--reference-names full+crf`` compares a variant fitted
+with today's defaults against the defaults' runs read out the same way.
+
 Usage::
 
     python bench/variant_vs_defaults.py --results bench/out/val/results.jsonl --variant smallest_scale \\
         --reference bench/results/issue8-results.jsonl --protocol 3dovs
+    python bench/variant_vs_defaults.py --results bench/out/val/results.jsonl --variant semantic.seed=7 \\
+        --probe bench/results/issue8-round13-crf-val.jsonl --reference-names full+crf
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from method_table import records  # bench/ is the script's folder
+from label_table import probe_runs  # bench/ is the script's folder
+from method_table import records
 
 
 def main() -> None:
@@ -43,9 +50,11 @@ def main() -> None:
         "before --reference-names",
     )
     ap.add_argument("--protocol", default="3dovs", help="3dovs or holdout (the records' name segment)")
+    ap.add_argument("--probe", type=Path, nargs="*", default=[], help="bench/refine_probe.py records: '<run>+crf'")
     args = ap.parse_args()
 
     new = records(args.results)
+    new += probe_runs(args.probe, new)
     ref = records(args.reference) if args.reference else []
     seg = args.protocol  # records are named <scene>/<3dovs|holdout>/<variant>
 
