@@ -11,10 +11,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+
+from method_table import records as read_records  # bench/ is the script's folder
 
 RENAME: dict[str, str] = {}
 """Display names of methods (``--rename "OLD->NEW"``)."""
@@ -96,7 +97,7 @@ def probe_records(probe: list[dict], records: list[dict], variant: str, tag: str
 def probe_runs(paths: list[Path], records: list[dict], variant: str = "defaults") -> list[dict]:
     """The ``variant`` read-outs in the ``bench/refine_probe.py`` files ``paths`` as records of their own, named
     ``<run>+crf`` (the defaults' runs read out as a run fitted today is), for name lookups."""
-    probe = [json.loads(x) for f in paths for x in f.read_text().splitlines() if x.strip()]
+    probe = [p for f in paths for p in read_records(f)]
     return [{**r, "name": f"{r['name']}+crf"} for r in probe_records(probe, records, variant, "crf")]
 
 
@@ -179,8 +180,8 @@ def main() -> None:
     ap.add_argument("--rename", nargs="*", default=[], help="OLD->NEW display names (methods are then named NEW)")
     args = ap.parse_args()
     RENAME.update(dict(x.split("->", 1) for x in args.rename))
-    records = [json.loads(x) for f in args.results for x in f.read_text().splitlines() if x.strip()]
-    probe = [json.loads(x) for f in args.probe for x in f.read_text().splitlines() if x.strip()]
+    records = [r for f in args.results for r in read_records(f)]
+    probe = [p for f in args.probe for p in read_records(f)]
     records += probe_records(probe, records, args.probe_variant, args.probe_tag)
     if args.seeds:
         records = [r for r in records if r.get("seed") in args.seeds]
