@@ -1,8 +1,10 @@
-"""Opacity and depth of reconstructions side by side: where a field leaves a surface empty.
+"""Opacity, depth and depth spread of reconstructions side by side: where a field leaves a surface empty or fogged.
 
 For each run (a reconstruction, or a semantic run with its copied checkpoint) and each view: the photo, the
-rendered opacity (sum of the weights; 1 = the ray ends on a surface) and the expected depth, with a label's GT
-outline drawn on every panel; printed: the mean opacity over the label's pixels and over the rest.
+rendered opacity (sum of the weights; 1 = the ray ends on a surface), the expected depth and the depth spread
+(:func:`ovs3d.render.volume.depth_spread`: how far a ray's weight spreads along it, in ray-parameter units;
+NDC on forward-facing scenes), with a label's GT outline drawn on every panel; printed: the mean opacity over
+the label's pixels and over the rest, the view's PSNR and its mean depth spread.
 
 Usage::
 
@@ -19,10 +21,34 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from ovs3d.eval.metrics import masks_to_labels  # noqa: E402
 from ovs3d.io.loader import load_scene  # noqa: E402
 from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field, render_view  # noqa: E402
+from ovs3d.render.marching import march  # noqa: E402
+from ovs3d.render.scene_rays import ray_near, view_rays  # noqa: E402
+from ovs3d.render.volume import depth_spread  # noqa: E402
+
+
+@torch.no_grad()
+def spread_map(trained, scene, view: int, downscale: float, chunk: int = 8192) -> np.ndarray:
+    """``[H, W]`` depth spread of one view's rays (deterministic sampling, as :func:`render_view`)."""
+    w, h = scene.image_size(downscale)
+    rays_o, rays_d = view_rays(scene, view, downscale)
+    out = []
+    for i in range(0, rays_o.shape[0], chunk):
+        m = march(
+            trained.field,
+            trained.occupancy,
+            rays_o[i : i + chunk],
+            rays_d[i : i + chunk],
+            trained.config.march,
+            near=ray_near(scene),
+        )
+        out.append(depth_spread(m.weights, m.t_mid))
+    return torch.cat(out).reshape(h, w).numpy()
 
 
 def main() -> None:
@@ -33,6 +59,7 @@ def main() -> None:
     ap.add_argument("--label", required=True, help="GT label whose outline is drawn")
     ap.add_argument("--views", type=int, nargs="+", default=None, help="annotated views (default: the first)")
     ap.add_argument("--downscale", type=float, default=2.0)
+    ap.add_argument("--spread-max", type=float, default=0.08, help="top of the depth-spread colour scale")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     scene = load_scene(args.scene)
@@ -41,21 +68,30 @@ def main() -> None:
     ci = list(scene.classes).index(args.label)
     fields = [load_trained_field(r / "checkpoints" / CHECKPOINT_NAME, "cpu") for r in args.runs]
     rows = len(views) * len(fields)
-    fig, ax = plt.subplots(rows, 3, figsize=(9, 2.4 * rows), squeeze=False)
+    fig, ax = plt.subplots(rows, 4, figsize=(12, 2.4 * rows), squeeze=False)
     row = 0
     for v in views:
         inside = masks_to_labels(scene.load_masks(v, args.downscale)) == ci
         for name, trained in zip(names, fields):
             out = render_view(trained, scene, v, args.downscale)
             acc, depth = out["acc"], out["depth"]
+            spread = spread_map(trained, scene, v, args.downscale)
+            psnr = -10 * np.log10(np.mean((out["rgb"] - scene.load_image(v, args.downscale)) ** 2))
             print(
                 f"view {v} {name}: opacity on {args.label!r} {acc[inside].mean():.2f}, elsewhere "
-                f"{acc[~inside].mean():.2f}; opacity < 0.5 on {100 * (acc < 0.5).mean():.1f}% of the view"
+                f"{acc[~inside].mean():.2f}; opacity < 0.5 on {100 * (acc < 0.5).mean():.1f}% of the view; "
+                f"PSNR {psnr:.2f} dB; depth spread {spread.mean():.4f} (on the label {spread[inside].mean():.4f})"
             )
-            panels = [(out["rgb"], "render"), (acc, "opacity"), (depth, "depth")]
+            panels = [(out["rgb"], "render"), (acc, "opacity"), (depth, "depth"), (spread, "depth spread")]
             for k, (img, title) in enumerate(panels):
                 a = ax[row, k]
-                a.imshow(img, vmin=0, vmax=1) if title == "opacity" else a.imshow(img)
+                if title == "opacity":
+                    a.imshow(img, vmin=0, vmax=1)
+                elif title == "depth spread":
+                    a.imshow(img, vmin=0, vmax=args.spread_max, cmap="viridis")
+                    title = f"depth spread (mean {img.mean():.4f})"
+                else:
+                    a.imshow(img)
                 a.contour(inside, colors="r", linewidths=0.6)
                 a.set_title(f"view {v}, {name}: {title}", fontsize=7)
                 a.axis("off")

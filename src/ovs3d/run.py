@@ -246,7 +246,8 @@ def _with_legacy_settings(
 ) -> dict[str, Any]:
     """A stored ``fit`` config with the settings added since it was written, as they were then: no DINO grid floor
     (``features.dino_min_cells`` None), and for the reconstruction a black background (``background``) or one
-    that came in at once (``background_ramp`` 0), the distortion loss from the start (``distortion_from`` 0),
+    that came in at once (``background_ramp`` 0), the distortion loss from the start (``distortion_from`` 0) and
+    at once (``distortion_ramp`` 0),
     ``unbounded_iters_factor`` 1 for an unbounded scene (older runs trained every kind alike), and no box
     shrink (``shrink_kinds`` empty) where ``recon`` would shrink the run's kind; where a setting changes
     nothing for the run's kind it takes ``recon``'s value and never blocks a resume."""
@@ -268,6 +269,8 @@ def _with_legacy_settings(
     if "distortion_from" not in stored_recon:  # the distortion loss applied from the start
         added["distortion_from"] = 0.0
         added["distortion_from_kinds"] = list(recon.distortion_from_kinds)
+    if "distortion_ramp" not in stored_recon:  # the distortion loss came in at once
+        added["distortion_ramp"] = 0.0
     if "unbounded_iters_factor" not in stored_recon:
         added["unbounded_iters_factor"] = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
     if "shrink_kinds" not in stored_recon:

@@ -95,3 +95,18 @@ def test_shrink_keeps_the_field_inside_the_new_box():
     assert torch.allclose(f.app_features(pts), app, atol=1e-5)
     f.shrink(torch.tensor([[-5.0, -5, -5], [5.0, 5, 5]]))  # a box larger than the field keeps it whole
     assert f.grid_resolution == res
+
+
+def test_init_scales_set_each_grid_family_alone():
+    aabb = torch.tensor([[-1.0, -1, -1], [1.0, 1, 1]])
+    ref = TensoRFField(aabb, [20, 20, 20], (4, 2, 2), (6, 3, 3), app_dim=4, mlp_width=8, seed=3)
+    f = TensoRFField(aabb, [20, 20, 20], (4, 2, 2), (6, 3, 3), app_dim=4, mlp_width=8, seed=3, density_init_scale=0.01)
+    # same draws, scaled: the density grids by 0.01 / 0.1, the appearance grids and the network untouched
+    for a, b in zip(f.density_planes, ref.density_planes):
+        assert torch.allclose(a, 0.1 * b)
+    for a, b in zip(f.density_lines, ref.density_lines):
+        assert torch.allclose(a, 0.1 * b)
+    for a, b in zip(f.app_planes, ref.app_planes):
+        assert torch.equal(a, b)
+    assert torch.equal(f.basis_mat.weight, ref.basis_mat.weight)
+    assert abs(float(f.density_planes[0].std()) - 0.01) < 0.002

@@ -121,6 +121,7 @@ def test_runs_made_before_the_unbounded_factor_keep_their_schedule():
             "background": "black",
             "background_ramp": 0.0,
             "distortion_from": 0.5,
+            "distortion_ramp": 0.0,
         },
     }
     assert _with_legacy_settings(current, "unbounded", new) is current
@@ -249,6 +250,7 @@ def test_runs_made_before_the_random_background_keep_a_black_one():
             "background_from": 0.5,
             "background_ramp": 0.0,
             "distortion_from": 0.0,
+            "distortion_ramp": 0.0,
         },
     }
     assert _with_legacy_settings(current, "forward", new) is current
@@ -267,6 +269,10 @@ def test_runs_made_before_the_distortion_delay_had_it_from_the_start():
     assert _with_legacy_settings(old, "forward", new)["recon"]["distortion_from"] == 0.0
     stored = {"scene": "s", "recon": {**old["recon"], "distortion_from": 0.25}}
     assert _with_legacy_settings(stored, "forward", new)["recon"]["distortion_from"] == 0.25
+    # and it came in at once
+    ramped = ReconstructionConfig(distortion_from=0.25, distortion_ramp=0.3)
+    assert _with_legacy_settings(stored, "forward", ramped)["recon"]["distortion_ramp"] == 0.0
+    assert _with_legacy_settings(stored, "bounded", ramped)["recon"]["distortion_ramp"] == 0.0
 
 
 def test_the_background_applies_on_its_kinds_only():
@@ -289,6 +295,19 @@ def test_the_distortion_delay_applies_on_its_kinds_only():
     assert for_kind(cfg, "bounded").distortion_from == 0.0 and for_kind(cfg, "unbounded").distortion_from == 0.0
     everywhere = ReconstructionConfig(distortion_from=0.25, distortion_from_kinds=("forward", "bounded"))
     assert for_kind(everywhere, "bounded").distortion_from == 0.25
+    # the ramp belongs to the delay: where the loss applies from the start it applies at once too
+    ramped = ReconstructionConfig(distortion_from=0.25, distortion_ramp=0.3, distortion_from_kinds=("forward",))
+    assert for_kind(ramped, "forward").distortion_ramp == 0.3
+    assert for_kind(ramped, "bounded").distortion_ramp == 0.0 and for_kind(ramped, "unbounded").distortion_ramp == 0.0
+
+
+def test_schedule_ramp_rises_linearly_after_its_start():
+    from ovs3d.methods.reconstruction import schedule_ramp
+
+    assert [schedule_ramp(s, 300, 1 / 3, 1 / 3) for s in (0, 99, 100, 150, 199, 200, 299)] == pytest.approx(
+        [0.0, 0.0, 0.0, 0.5, 0.99, 1.0, 1.0]
+    )
+    assert [schedule_ramp(s, 300, 1 / 3, 0.0) for s in (99, 100, 299)] == [0.0, 1.0, 1.0]  # no ramp: a step
 
 
 def test_recon_from_refuses_a_reconstruction_made_with_other_settings(tiny_scene_dir, tmp_path):
@@ -336,3 +355,23 @@ def test_the_distortion_loss_applies_from_its_share_of_the_schedule(tiny_scene_d
 
     assert loss_at(19, 100.0) == loss_at(19, 0.0)  # before iteration 20 of 40: no distortion term
     assert loss_at(20, 100.0) > loss_at(20, 0.0)
+
+
+def test_the_distortion_ramp_scales_the_term_from_zero(tiny_scene_dir):
+    from ovs3d.methods.reconstruction import ReconstructionStage
+
+    scene = load_scene(tiny_scene_dir)
+    views = scene.train_views(False)[:4]
+
+    def loss_at(step: int, weight: float, ramp: float) -> float:
+        torch.manual_seed(0)
+        cfg = tiny_config(distortion_weight=weight, distortion_from=0.5, distortion_ramp=ramp)
+        stage = ReconstructionStage(scene, cfg, views, "cpu")
+        loss, _ = stage.loss(step, torch.Generator().manual_seed(1))
+        return float(loss.detach())
+
+    # 40 iterations, from 20, over 0.25 * 40 = 10: the term's weight is 0 at 20, 1/2 at 25 and whole at 30
+    assert loss_at(20, 100.0, 0.25) == pytest.approx(loss_at(20, 0.0, 0.25))
+    half = loss_at(25, 100.0, 0.25) - loss_at(25, 0.0, 0.25)
+    assert half > 0 and half == pytest.approx((loss_at(25, 100.0, 0.0) - loss_at(25, 0.0, 0.0)) / 2, rel=1e-4)
+    assert loss_at(30, 100.0, 0.25) == pytest.approx(loss_at(30, 100.0, 0.0))

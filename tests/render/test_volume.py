@@ -6,6 +6,7 @@ from ovs3d.render.volume import (
     accumulate_packed,
     alpha_from_density,
     composite_background,
+    depth_spread,
     expected_background_mse,
     render_weights,
 )
@@ -114,3 +115,21 @@ def test_expected_background_mse_against_monte_carlo():
     # an opaque ray pays nothing for the background; a transparent one its variance 1/12 on top
     ones = torch.ones(6, dtype=torch.float64)
     assert torch.allclose(expected_background_mse(rgb, ones, target), ((rgb - target) ** 2).mean())
+
+
+def test_depth_spread_against_weighted_std_loop():
+    g = torch.Generator().manual_seed(0)
+    weights = torch.rand(5, 7, generator=g, dtype=torch.float64)
+    weights[1] = 0.0  # a ray that carries no weight
+    weights[2] = torch.tensor([0, 0, 0.4, 0, 0, 0, 0], dtype=torch.float64)  # all at one sample
+    t_mid = torch.sort(torch.rand(5, 7, generator=g, dtype=torch.float64), -1).values
+    out = depth_spread(weights, t_mid)
+    for r in range(5):
+        total = float(weights[r].sum())
+        if total == 0:
+            assert out[r] == 0
+            continue
+        mean = sum(float(w * t) for w, t in zip(weights[r], t_mid[r])) / total
+        var = sum(float(w) * (float(t) - mean) ** 2 for w, t in zip(weights[r], t_mid[r])) / total
+        assert abs(float(out[r]) - var**0.5) < 1e-9
+    assert out[2] == 0 and out[0] > 0

@@ -110,7 +110,10 @@ class TensoRFField(nn.Module):
         app_components: components per pair for appearance (TensoRF: 48, 12, 12).
         app_dim: appearance feature size after the basis matrix (27).
         mlp_width: hidden width of the RGB MLP (128).
-        seed: initialisation seed (``0.1 * randn`` as TensoRF).
+        seed: initialisation seed.
+        density_init_scale: standard deviation of the density planes' and lines' initial values
+            (TensoRF: 0.1).
+        app_init_scale: the same for the appearance planes and lines (TensoRF: 0.1).
     """
 
     def __init__(
@@ -122,6 +125,8 @@ class TensoRFField(nn.Module):
         app_dim: int = 27,
         mlp_width: int = 128,
         seed: int = 0,
+        density_init_scale: float = 0.1,
+        app_init_scale: float = 0.1,
     ) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
@@ -130,8 +135,8 @@ class TensoRFField(nn.Module):
         stored beside the state dict)."""
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).clone())
         self.register_buffer("resolution", torch.tensor(list(resolution), dtype=torch.long))
-        self.density_planes, self.density_lines = _vm_params(density_components, resolution, 0.1, gen)
-        self.app_planes, self.app_lines = _vm_params(app_components, resolution, 0.1, gen)
+        self.density_planes, self.density_lines = _vm_params(density_components, resolution, density_init_scale, gen)
+        self.app_planes, self.app_lines = _vm_params(app_components, resolution, app_init_scale, gen)
         with torch.random.fork_rng(devices=[]):  # layer init draws from the global RNG: seed it, then restore
             torch.manual_seed(seed)
             self.basis_mat = nn.Linear(sum(app_components), app_dim, bias=False)

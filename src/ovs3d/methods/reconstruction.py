@@ -85,6 +85,13 @@ class ReconstructionConfig:
     """Appearance feature size (reference: 27)."""
     mlp_width: int = field(default=128, metadata=rule(ge=1))
     """RGB MLP width (reference: 128)."""
+    density_init_scale: float = field(default=0.1, metadata=rule(ge=0))
+    """Standard deviation of the density planes' and lines' random initial values (reference: 0.1). Under the
+    ReLU activation they start as a fog over about half the box, and which fog a seed draws decides how well
+    300 iterations end (up to 3 dB on a test scene); 0.01 lowered four of four validation fits (bench/RESULTS.md
+    §4, round 17)."""
+    app_init_scale: float = field(default=0.1, metadata=rule(ge=0))
+    """Standard deviation of the appearance planes' and lines' random initial values (reference: 0.1)."""
     lr_grid: float = field(default=0.02, metadata=rule(ge=0))
     """Learning rate of planes and lines (reference: 0.02)."""
     lr_net: float = field(default=1e-3, metadata=rule(ge=0))
@@ -129,6 +136,10 @@ class ReconstructionConfig:
     distortion_from_kinds: tuple[Literal["forward", "bounded", "unbounded"], ...] = ("forward",)
     """Scene kinds on which the distortion loss waits for ``distortion_from``; chosen on forward-facing
     validation scenes, not measured on rooms or 360° scenes (they apply it from the start)."""
+    distortion_ramp: float = field(default=0.0, metadata=rule(ge=0, le=1))
+    """Share of the schedule over which the distortion loss's weight rises linearly from 0 after
+    ``distortion_from`` (0: at once), on the scene kinds of ``distortion_from_kinds``. 1/3 was level on the
+    validation scenes (bench/RESULTS.md §4, round 17)."""
     march: MarchConfig = field(default_factory=MarchConfig)
     """Ray marching."""
     seed: int = field(default=20211202, metadata=rule(ge=0))
@@ -146,8 +157,8 @@ def for_kind(cfg: ReconstructionConfig, kind: str) -> ReconstructionConfig:
     nothing); otherwise ``cfg`` itself."""
     if cfg.background != "black" and kind not in cfg.background_kinds:
         cfg = dataclasses.replace(cfg, background="black")
-    if cfg.distortion_from > 0 and kind not in cfg.distortion_from_kinds:
-        cfg = dataclasses.replace(cfg, distortion_from=0.0)
+    if (cfg.distortion_from > 0 or cfg.distortion_ramp > 0) and kind not in cfg.distortion_from_kinds:
+        cfg = dataclasses.replace(cfg, distortion_from=0.0, distortion_ramp=0.0)
     if kind != "unbounded" or cfg.unbounded_iters_factor == 1.0:
         return cfg
     n_iters = max(1, round(cfg.n_iters * cfg.unbounded_iters_factor))
@@ -166,7 +177,15 @@ def build_field(
     mip-NeRF 360's contracted space (unbounded scenes)."""
     res = resolution or resolution_for_voxels(cfg.init_voxels, aabb)
     field_ = TensoRFField(
-        aabb, res, cfg.density_components, cfg.app_components, cfg.app_dim, cfg.mlp_width, seed=cfg.seed
+        aabb,
+        res,
+        cfg.density_components,
+        cfg.app_components,
+        cfg.app_dim,
+        cfg.mlp_width,
+        seed=cfg.seed,
+        density_init_scale=cfg.density_init_scale,
+        app_init_scale=cfg.app_init_scale,
     )
     field_.contracted = contracted
     return field_
@@ -213,6 +232,17 @@ def update_occupancy(
         m = march(field_, occ, batch[:, :3], batch[:, 3:], cfg.march, near=near)
         seen |= visible_voxels(occ.shape, aabb, m.xyz.reshape(-1, 3), m.weights.reshape(-1), cfg.march.weight_threshold)
     return occ & dilate_grid(seen, 1)
+
+
+def schedule_ramp(step: int, n_iters: int, start: float, ramp: float) -> float:
+    """Weight of a term that starts at ``start * n_iters`` and rises linearly to 1 over ``ramp * n_iters``
+    iterations (0 before the start; ``ramp`` 0: 1 from the start on)."""
+    since = step - start * n_iters
+    if since < 0:
+        return 0.0
+    if ramp <= 0:
+        return 1.0
+    return min(1.0, since / (ramp * n_iters))
 
 
 def learning_rate_factor(step: int, cfg: ReconstructionConfig) -> float:
@@ -383,9 +413,7 @@ class ReconstructionStage:
         out = render_rgb(field_, marched, batch[:, 3:], cfg.march)
         rgb = out["rgb"]
         late = step >= cfg.background_from * self.n_iters
-        fade = 1.0
-        if cfg.background_ramp > 0:
-            fade = min(1.0, (step - cfg.background_from * self.n_iters) / (cfg.background_ramp * self.n_iters))
+        fade = schedule_ramp(step, self.n_iters, cfg.background_from, cfg.background_ramp)
         if cfg.background == "random" and late:
             bg = torch.rand(rgb.shape, generator=generator).to(rgb.device)
             rgb = composite_background(rgb, out["acc"], fade * bg)
@@ -395,7 +423,8 @@ class ReconstructionStage:
             mse = torch.mean((rgb - target) ** 2)
         loss = mse
         if cfg.distortion_weight > 0 and step >= cfg.distortion_from * self.n_iters:
-            loss = loss + cfg.distortion_weight * distortion_loss(marched.weights, marched.t_mid, marched.dt)
+            ramp = schedule_ramp(step, self.n_iters, cfg.distortion_from, cfg.distortion_ramp)
+            loss = loss + ramp * cfg.distortion_weight * distortion_loss(marched.weights, marched.t_mid, marched.dt)
         tv_scale = 1e-2 * self.lr_factor(step)
         if cfg.tv_weight_density > 0:
             loss = loss + cfg.tv_weight_density * tv_scale * tv_loss(list(field_.density_planes))

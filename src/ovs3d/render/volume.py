@@ -107,6 +107,25 @@ def expected_depth(weights: Tensor, t_mid: Tensor) -> Tensor:
     return (weights * t_mid).sum(-1)
 
 
+def depth_spread(weights: Tensor, t_mid: Tensor, eps: float = 1e-10) -> Tensor:
+    """How far each ray's weight spreads along it: the standard deviation of the ray parameter under the
+    ray's normalised weights ``[R]`` (0 when it sits at one sample or the ray carries no weight).
+
+    A diagnostic of the fog that :func:`distortion_loss` penalises (which also counts the bins' lengths).
+
+    Args:
+        weights: ``[R, N]`` compositing weights.
+        t_mid: ``[R, N]`` sample positions (ray parameter).
+        eps: floor of a ray's total weight.
+
+    Returns:
+        ``[R]`` spread, in ray-parameter units.
+    """
+    w = weights / weights.sum(-1, keepdim=True).clamp_min(eps)
+    mean = (w * t_mid).sum(-1, keepdim=True)
+    return (w * (t_mid - mean).pow(2)).sum(-1).clamp_min(0).sqrt()
+
+
 def distortion_loss(weights: Tensor, t_mid: Tensor, dt: Tensor) -> Tensor:
     """Mip-NeRF 360's distortion regulariser, in O(N) per ray with prefix sums.
 
