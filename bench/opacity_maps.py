@@ -2,9 +2,9 @@
 
 For each run (a reconstruction, or a semantic run with its copied checkpoint) and each view: the photo, the
 rendered opacity (sum of the weights; 1 = the ray ends on a surface), the expected depth and the depth spread
-(:func:`ovs3d.render.volume.depth_spread`: how far a ray's weight spreads along it, in ray-parameter units;
-NDC on forward-facing scenes), with a label's GT outline drawn on every panel; printed: the mean opacity over
-the label's pixels and over the rest, the view's PSNR and its mean depth spread.
+(``render_view(..., spread=True)``: :func:`ovs3d.render.volume.depth_spread`, how far a ray's weight spreads
+along it, in ray-parameter units; NDC on forward-facing scenes), with a label's GT outline drawn on every panel;
+printed: the mean opacity over the label's pixels and over the rest, the view's PSNR and its mean depth spread.
 
 Usage::
 
@@ -22,33 +22,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from ovs3d.eval.metrics import masks_to_labels  # noqa: E402
 from ovs3d.io.loader import load_scene  # noqa: E402
 from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field, render_view  # noqa: E402
-from ovs3d.render.marching import march  # noqa: E402
-from ovs3d.render.scene_rays import ray_near, view_rays  # noqa: E402
-from ovs3d.render.volume import depth_spread  # noqa: E402
-
-
-@torch.no_grad()
-def spread_map(trained, scene, view: int, downscale: float, chunk: int = 8192) -> np.ndarray:
-    """``[H, W]`` depth spread of one view's rays (deterministic sampling, as :func:`render_view`)."""
-    w, h = scene.image_size(downscale)
-    rays_o, rays_d = view_rays(scene, view, downscale)
-    out = []
-    for i in range(0, rays_o.shape[0], chunk):
-        m = march(
-            trained.field,
-            trained.occupancy,
-            rays_o[i : i + chunk],
-            rays_d[i : i + chunk],
-            trained.config.march,
-            near=ray_near(scene),
-        )
-        out.append(depth_spread(m.weights, m.t_mid))
-    return torch.cat(out).reshape(h, w).numpy()
 
 
 def main() -> None:
@@ -72,11 +49,11 @@ def main() -> None:
     row = 0
     for v in views:
         inside = masks_to_labels(scene.load_masks(v, args.downscale)) == ci
+        photo = scene.load_image(v, args.downscale)
         for name, trained in zip(names, fields):
-            out = render_view(trained, scene, v, args.downscale)
-            acc, depth = out["acc"], out["depth"]
-            spread = spread_map(trained, scene, v, args.downscale)
-            psnr = -10 * np.log10(np.mean((out["rgb"] - scene.load_image(v, args.downscale)) ** 2))
+            out = render_view(trained, scene, v, args.downscale, spread=True)
+            acc, depth, spread = out["acc"], out["depth"], out["depth_spread"]
+            psnr = -10 * np.log10(np.mean((out["rgb"] - photo) ** 2))
             print(
                 f"view {v} {name}: opacity on {args.label!r} {acc[inside].mean():.2f}, elsewhere "
                 f"{acc[~inside].mean():.2f}; opacity < 0.5 on {100 * (acc < 0.5).mean():.1f}% of the view; "

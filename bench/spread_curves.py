@@ -31,7 +31,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from opacity_maps import spread_map  # noqa: E402  (bench/ is the script's folder)
 from ovs3d.io.loader import load_scene  # noqa: E402
 from ovs3d.methods.reconstruction import render_view, train_reconstruction  # noqa: E402
 from ovs3d.methods.threedovs.ablations import with_ablation  # noqa: E402
@@ -53,9 +52,9 @@ def fit_curves(args) -> list[dict]:
         def measure(step: int, trained, rows=rows, seed=seed) -> None:
             psnr, spread = [], []
             for v in views:
-                render = render_view(trained, scene, v, args.downscale)
+                render = render_view(trained, scene, v, args.downscale, spread=True)
                 psnr.append(-10 * np.log10(np.mean((render["rgb"] - photos[v]) ** 2)))
-                spread.append(float(spread_map(trained, scene, v, args.downscale).mean()))
+                spread.append(float(render["depth_spread"].mean()))
             rows.append({"step": step, "psnr": float(np.mean(psnr)), "depth_spread": float(np.mean(spread))})
             last = rows[-1]
             print(f"seed {seed} step {step}: PSNR {last['psnr']:.2f} dB, depth spread {last['depth_spread']:.4f}")

@@ -81,6 +81,20 @@ def test_checkpoint_is_weights_only_and_self_describing(tiny_scene_dir, tmp_path
     assert payload["config"]["n_iters"] == 10 and payload["step"] == 10
     out = render_view(load_trained_field(tmp_path / "r" / "checkpoints" / "reconstruction.pt"), scene, 1, 2.0)
     assert out["rgb"].shape == (24, 32, 3) and np.isfinite(out["depth"]).all()
+    # the opt-in depth spread comes from the same marching as the render, chunked or not
+    from ovs3d.render.marching import march
+    from ovs3d.render.scene_rays import ray_near, view_rays
+    from ovs3d.render.volume import depth_spread
+
+    trained = load_trained_field(tmp_path / "r" / "checkpoints" / "reconstruction.pt")
+    with_spread = render_view(trained, scene, 1, 2.0, chunk=100, spread=True)
+    without = render_view(trained, scene, 1, 2.0, chunk=100)
+    assert "depth_spread" not in without and np.array_equal(with_spread["rgb"], without["rgb"])
+    o, d = view_rays(scene, 1, 2.0)
+    with torch.no_grad():
+        m = march(trained.field, trained.occupancy, o, d, trained.config.march, near=ray_near(scene))
+        ref = depth_spread(m.weights, m.t_mid).reshape(24, 32).numpy()
+    assert np.allclose(with_spread["depth_spread"], ref, atol=1e-6)
 
 
 def test_bounded_kind_marches_in_a_world_box(tiny_scene_dir, tmp_path):

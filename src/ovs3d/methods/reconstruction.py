@@ -27,7 +27,7 @@ from ovs3d.io.scene import Scene
 from ovs3d.methods.loop import Callback, LoopSettings, run_stage
 from ovs3d.render.marching import MarchConfig, march, render_rgb
 from ovs3d.render.scene_rays import field_aabb, ray_near, view_rays
-from ovs3d.render.volume import composite_background, distortion_loss, expected_background_mse
+from ovs3d.render.volume import composite_background, depth_spread, distortion_loss, expected_background_mse
 from ovs3d.utils.config import rule
 from ovs3d.utils.files import load_checkpoint
 
@@ -282,32 +282,50 @@ def gather_training_rays(scene: Scene, views: list[int], downscale: float):
 
 
 @torch.no_grad()
-def render_view(trained: TrainedField, scene: Scene, view: int, downscale: float, chunk: int = 8192):
-    """Render a view: ``rgb`` ``[H, W, 3]``, ``depth`` ``[H, W]`` (ray parameter), ``acc`` ``[H, W]`` numpy arrays."""
+def render_view(
+    trained: TrainedField, scene: Scene, view: int, downscale: float, chunk: int = 8192, spread: bool = False
+):
+    """Render a view: ``rgb`` ``[H, W, 3]``, ``depth`` ``[H, W]`` (ray parameter), ``acc`` ``[H, W]`` numpy arrays
+    (and ``depth_spread`` ``[H, W]`` with ``spread``, :func:`render_rays_chunked`)."""
     w, h = scene.image_size(downscale)
     rays_o, rays_d = view_rays(scene, view, downscale)
-    return render_rays_chunked(trained, rays_o, rays_d, ray_near(scene), (h, w), chunk)
+    return render_rays_chunked(trained, rays_o, rays_d, ray_near(scene), (h, w), chunk, spread)
 
 
 @torch.no_grad()
 def render_rays_chunked(
-    trained: TrainedField, rays_o, rays_d, near: float, shape: tuple[int, int], chunk: int = 8192
+    trained: TrainedField,
+    rays_o,
+    rays_d,
+    near: float,
+    shape: tuple[int, int],
+    chunk: int = 8192,
+    spread: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Render ``[H * W]`` rays in chunks and reshape to ``shape`` (deterministic sampling)."""
+    """Render ``[H * W]`` rays in chunks and reshape to ``shape`` (deterministic sampling); with ``spread``
+    also each ray's ``depth_spread`` (:func:`~ovs3d.render.volume.depth_spread`, a diagnostic) from the same
+    marching."""
     device = trained.field.aabb.device
     outs: dict[str, list] = {"rgb": [], "depth": [], "acc": []}
+    if spread:
+        outs["depth_spread"] = []
     for i in range(0, rays_o.shape[0], chunk):
         o, d = rays_o[i : i + chunk].to(device), rays_d[i : i + chunk].to(device)
         marched = march(trained.field, trained.occupancy, o, d, trained.config.march, near=near)
         out = render_rgb(trained.field, marched, d, trained.config.march)
+        if spread:
+            out["depth_spread"] = depth_spread(marched.weights, marched.t_mid)
         for k in outs:
             outs[k].append(out[k].cpu())
     h, w = shape
-    return {
+    result = {
         "rgb": torch.cat(outs["rgb"]).clamp(0, 1).reshape(h, w, 3).numpy(),
         "depth": torch.cat(outs["depth"]).reshape(h, w).numpy(),
         "acc": torch.cat(outs["acc"]).reshape(h, w).numpy(),
     }
+    if spread:
+        result["depth_spread"] = torch.cat(outs["depth_spread"]).reshape(h, w).numpy()
+    return result
 
 
 class ReconstructionStage:

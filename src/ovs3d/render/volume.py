@@ -123,7 +123,7 @@ def depth_spread(weights: Tensor, t_mid: Tensor, eps: float = 1e-10) -> Tensor:
     """
     w = weights / weights.sum(-1, keepdim=True).clamp_min(eps)
     mean = (w * t_mid).sum(-1, keepdim=True)
-    return (w * (t_mid - mean).pow(2)).sum(-1).clamp_min(0).sqrt()
+    return (w * (t_mid - mean).pow(2)).sum(-1).sqrt()
 
 
 def distortion_loss(weights: Tensor, t_mid: Tensor, dt: Tensor) -> Tensor:
