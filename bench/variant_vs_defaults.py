@@ -51,6 +51,7 @@ def main() -> None:
     )
     ap.add_argument("--protocol", default="3dovs", help="3dovs or holdout (the records' name segment)")
     ap.add_argument("--probe", type=Path, nargs="*", default=[], help="bench/refine_probe.py records: '<run>+crf'")
+    ap.add_argument("--cost", action="store_true", help="also the fits' seconds: defaults against the variant")
     args = ap.parse_args()
 
     new = records(args.results)
@@ -66,7 +67,7 @@ def main() -> None:
         f"| scene | 2D raw | 2D min–max | 2D min–max smallest | defaults | `{args.variant}` | Δ | Δ vs min–max | lost |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    rows = []
+    rows, pairs = [], []
     for rec in new:
         if not rec["name"].endswith(f"/{seg}/{args.variant}"):
             continue
@@ -97,12 +98,41 @@ def main() -> None:
             f"{rec['miou'] - d:+.3f} | {rec['miou'] - mm['miou']:+.3f} | {lost_d} → {lost(rec)} |"
         )
         rows.append([raw["miou"], mm["miou"], s2["miou"], d, rec["miou"]])
+        pairs.append((scene, default, rec))
     if rows:
         m = np.nanmean(np.array(rows, float), axis=0)
         print(
             f"| mean ({len(rows)}) | {m[0]:.3f} | {m[1]:.3f} | {m[2]:.3f} | {m[3]:.3f} | {m[4]:.3f} | "
             f"{m[4] - m[3]:+.3f} | {m[4] - m[1]:+.3f} | |"
         )
+    if args.cost and pairs:
+        print()
+        print(cost_table(pairs))
+
+
+COST_KEYS = ("recon_seconds", "semantic_fit_seconds", "seconds_per_iter")
+
+
+def cost_table(pairs: list[tuple[str, dict | None, dict]]) -> str:
+    """Markdown: each scene's reconstruction seconds, semantic-stage seconds and seconds per semantic step, the
+    defaults' fit / the variant's, with the ratio of the means over the scenes where both are recorded."""
+
+    def cell(r: dict | None, key: str) -> float:
+        v = None if r is None else r.get(key)
+        return float("nan") if v is None else float(v)
+
+    lines = ["| scene | " + " | ".join(f"{k} (defaults / variant)" for k in COST_KEYS) + " |"]
+    lines.append("|---" * (len(COST_KEYS) + 1) + "|")
+    table = np.array([[[cell(d, k), cell(v, k)] for k in COST_KEYS] for _, d, v in pairs])  # [S, K, 2]
+    for (scene, _, _), row in zip(pairs, table, strict=True):
+        lines.append(f"| {scene} | " + " | ".join(f"{a:.4g} / {b:.4g}" for a, b in row) + " |")
+    both = ~np.isnan(table).any(axis=2)  # [S, K]
+    ratio = [
+        np.mean(table[both[:, k], k, 1]) / np.mean(table[both[:, k], k, 0]) if both[:, k].any() else float("nan")
+        for k in range(len(COST_KEYS))
+    ]
+    lines.append("| variant / defaults (means) | " + " | ".join(f"{r:.3f}" for r in ratio) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
