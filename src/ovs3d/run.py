@@ -147,6 +147,25 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _at(tree: Any, dotted: str) -> Any:
+    """The value at a dotted key of nested dicts (None where a level is missing)."""
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _show(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else "unset" if value is None else str(value)
+
+
+def _changes(run_side: dict[str, Any], now: dict[str, Any], keys: list[str], limit: int = 4) -> str:
+    """``key (run: X, now: Y)`` for the first ``limit`` differing ``keys``, so that a refused resume after a
+    default changed says which value to pass."""
+    shown = [f"{k} (run: {_show(_at(run_side, k))}, now: {_show(_at(now, k))})" for k in keys[:limit]]
+    more = f", and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(shown) + more
+
+
 def read_run_config(run: Path) -> dict[str, Any]:
     """The stored ``config.json`` of a run folder (one clear error if it is not a run)."""
     path = Path(run) / "config.json"
@@ -201,7 +220,7 @@ def fit(cfg: FitConfig) -> Path:
         changed = [k for k in _diff(stored, new) if k != "out" and k.split(".")[0] not in unused]
         if changed:
             raise OVS3DError(
-                f"{run} was created with other settings ({', '.join(changed[:4])}); "
+                f"{run} was created with other settings ({_changes(stored, new, changed)}); "
                 "resume it with the same flags or choose a new --out"
             )
         note(f"resuming run {run} (its finished stages are kept)")
@@ -312,10 +331,10 @@ def _copy_reconstruction(source_run: Path, cfg: FitConfig, dest: Path) -> None:
     if src_cfg["scene"] != str(Path(cfg.scene).resolve()) or bool(src_cfg["holdout"]) != cfg.holdout:
         raise OVS3DError(f"--recon-from {source_run} was fitted on another scene or protocol")
     kind = str(src_run.get("scene_kind"))
-    changed = _recon_differences(src_run, cfg.recon)
+    changed, theirs, ours = _recon_differences(src_run, cfg.recon)
     if changed:
         raise OVS3DError(
-            f"--recon-from {source_run} was reconstructed with other settings ({', '.join(changed[:4])}); "
+            f"--recon-from {source_run} was reconstructed with other settings ({_changes(theirs, ours, changed)}); "
             "pass its --recon.* flags too, or leave out --recon-from to reconstruct anew"
         )
     src = Path(source_run) / "checkpoints" / CHECKPOINT_NAME
@@ -332,16 +351,19 @@ _RECON_BOOKKEEPING = ("checkpoint_every", "log_every")
 """Reconstruction settings that do not change the reconstruction (a copied one may differ in them)."""
 
 
-def _recon_differences(src_run: dict[str, Any], recon: ReconstructionConfig) -> list[str]:
+def _recon_differences(
+    src_run: dict[str, Any], recon: ReconstructionConfig
+) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
     """The reconstruction settings (as the run's scene kind applies them) in which a stored run differs from
-    ``recon``; a run stored before a setting existed reads as it trained then (:func:`_with_legacy_settings`)."""
+    ``recon``, with both sides as dicts; a run stored before a setting existed reads as it trained then
+    (:func:`_with_legacy_settings`)."""
     kind = str(src_run.get("scene_kind"))
     stored = _with_legacy_settings(src_run["fit"], src_run.get("scene_kind"), recon).get("recon")
-    if not isinstance(stored, dict):
-        return ["recon"]
-    theirs = asdict(for_kind(config_from_dict(ReconstructionConfig, stored), kind))
     ours = asdict(for_kind(recon, kind))
-    return [k for k in _diff(theirs, ours) if k.split(".")[0] not in _RECON_BOOKKEEPING]
+    if not isinstance(stored, dict):
+        return ["recon"], {}, ours
+    theirs = asdict(for_kind(config_from_dict(ReconstructionConfig, stored), kind))
+    return [k for k in _diff(theirs, ours) if k.split(".")[0] not in _RECON_BOOKKEEPING], theirs, ours
 
 
 COMMANDS_LOG = "commands.jsonl"

@@ -116,7 +116,7 @@ def test_fit_resume_with_other_settings(rgb_run: Path):
     res = ovs3d(
         "fit", "--scene", "scene", "--out", "run", "--method", "rgb", *TINY_RECON, "--holdout", cwd=rgb_run.parent
     )
-    assert_user_error(res, "holdout")
+    assert_user_error(res, "holdout (run: False, now: True)")
     assert (rgb_run / "config.json").read_bytes() == before, "a refused resume must not touch the run"
     # settings a reconstruction-only run never reads do not block resuming it
     res = ovs3d(

@@ -349,10 +349,27 @@ def test_recon_from_reads_a_run_stored_before_the_background_as_black():
     from ovs3d.run import _recon_differences
 
     stored = {"fit": {"scene": "s", "recon": {"n_iters": 300}}, "scene_kind": "forward"}
-    assert _recon_differences(stored, ReconstructionConfig()) == ["background", "distortion_from"]
-    assert _recon_differences(stored, ReconstructionConfig(background="black", distortion_from=0.0)) == []
+    changed, theirs, ours = _recon_differences(stored, ReconstructionConfig())
+    assert changed == ["background", "distortion_from"]
+    assert (theirs["background"], ours["background"]) == ("black", "random")
+    assert _recon_differences(stored, ReconstructionConfig(background="black", distortion_from=0.0))[0] == []
     # on a kind that neither covers, the stored run and the defaults are the same reconstruction
-    assert _recon_differences({**stored, "scene_kind": "bounded"}, ReconstructionConfig()) == []
+    assert _recon_differences({**stored, "scene_kind": "bounded"}, ReconstructionConfig())[0] == []
+
+
+def test_a_refused_resume_names_the_value_each_side_has():
+    """After a default changes (round 18: background_from 1/3 -> 0), the refusal says what to pass."""
+    from ovs3d.run import _changes, _diff
+
+    run_side = {"recon": {"background_from": 1 / 3, "n_iters": 300, "shrink_kinds": []}, "holdout": False}
+    now = {"recon": {"background_from": 0.0, "n_iters": 300, "shrink_kinds": ["bounded"]}, "holdout": True}
+    keys = _diff(run_side, now)
+    assert keys == ["holdout", "recon.background_from", "recon.shrink_kinds"]
+    assert _changes(run_side, now, keys) == (
+        "holdout (run: False, now: True), recon.background_from (run: 0.3333, now: 0), "
+        "recon.shrink_kinds (run: [], now: ['bounded'])"
+    )
+    assert _changes(run_side, {}, keys, limit=1) == "holdout (run: False, now: unset), and 2 more"
 
 
 def test_the_distortion_loss_applies_from_its_share_of_the_schedule(tiny_scene_dir):
