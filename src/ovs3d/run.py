@@ -155,7 +155,8 @@ def _at(tree: Any, dotted: str) -> Any:
 
 
 def _show(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else "unset" if value is None else str(value)
+    """A stored value as a flag takes it back: floats in full (``repr``), so that passing it matches exactly."""
+    return "unset" if value is None else repr(value) if isinstance(value, float) else str(value)
 
 
 def _changes(run_side: dict[str, Any], now: dict[str, Any], keys: list[str], limit: int = 4) -> str:

@@ -359,17 +359,19 @@ def test_recon_from_reads_a_run_stored_before_the_background_as_black():
 
 def test_a_refused_resume_names_the_value_each_side_has():
     """After a default changes (round 18: background_from 1/3 -> 0), the refusal says what to pass."""
-    from ovs3d.run import _changes, _diff
+    from ovs3d.run import _changes, _diff, _show
 
     run_side = {"recon": {"background_from": 1 / 3, "n_iters": 300, "shrink_kinds": []}, "holdout": False}
     now = {"recon": {"background_from": 0.0, "n_iters": 300, "shrink_kinds": ["bounded"]}, "holdout": True}
     keys = _diff(run_side, now)
     assert keys == ["holdout", "recon.background_from", "recon.shrink_kinds"]
     assert _changes(run_side, now, keys) == (
-        "holdout (run: False, now: True), recon.background_from (run: 0.3333, now: 0), "
+        "holdout (run: False, now: True), recon.background_from (run: 0.3333333333333333, now: 0.0), "
         "recon.shrink_kinds (run: [], now: ['bounded'])"
     )
     assert _changes(run_side, {}, keys, limit=1) == "holdout (run: False, now: unset), and 2 more"
+    # the value shown is the value a flag must pass to match the stored run exactly
+    assert all(float(_show(v)) == v for v in (1 / 3, 0.1 + 0.2, 2e-5, 1.0))
 
 
 def test_the_distortion_loss_applies_from_its_share_of_the_schedule(tiny_scene_dir):
