@@ -257,3 +257,15 @@ def test_free_space_votes_match_a_loop():
             near = depth[k, max(r - 1, 0) : r + 2, max(u - 1, 0) : u + 2].min()
             n += cam[2] < 0.95 * near
         assert got[i] == n, i
+
+
+def test_the_mesh_box_pads_each_axis_by_its_own_extent(tiny_scene_dir):
+    """A thin axis (NDC depth) gets 1 % of its own extent, not of the widest axis's."""
+    from ovs3d.export import _mesh_box
+    from ovs3d.io.loader import load_scene
+
+    scene = load_scene(tiny_scene_dir)
+    xyz = np.array([[-0.5, -0.4, -0.6], [0.5, 0.4, -0.5]], dtype=np.float32)  # extents 1.0, 0.8, 0.1
+    lo, hi = _mesh_box(xyz, scene)
+    np.testing.assert_allclose(lo, [-0.51, -0.408, -0.601], atol=1e-6)
+    np.testing.assert_allclose(hi, [0.51, 0.408, -0.499], atol=1e-6)

@@ -551,12 +551,14 @@ def _nn_spacing(tree) -> float:
 
 
 def _mesh_box(field_xyz: np.ndarray, scene) -> tuple[np.ndarray, np.ndarray]:
-    """The marching-cubes box in the field's frame: the fused points' box (1% margin), inside the field box."""
+    """The marching-cubes box in the field's frame: the fused points' box with a 1% margin on each side of each
+    axis, of that axis's own extent (a forward-facing scene is thin in NDC depth: a margin taken from the widest
+    axis gave its depth axis several times 1 %), inside the field box."""
     from ovs3d.render.scene_rays import field_aabb
 
     aabb = field_aabb(scene).numpy()
     lo, hi = field_xyz.min(0), field_xyz.max(0)
-    pad = 0.01 * (hi - lo).max()
+    pad = 0.01 * (hi - lo)  # [3]
     return np.maximum(lo - pad, aabb[0]), np.minimum(hi + pad, aabb[1])
 
 
