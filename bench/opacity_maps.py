@@ -21,9 +21,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from ovs3d.eval.metrics import masks_to_labels  # noqa: E402
+from ovs3d.eval.metrics import psnr as image_psnr  # noqa: E402
 from ovs3d.io.loader import load_scene  # noqa: E402
 from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field, render_view  # noqa: E402
 
@@ -53,7 +53,7 @@ def main() -> None:
         for name, trained in zip(names, fields):
             out = render_view(trained, scene, v, args.downscale, spread=True)
             acc, depth, spread = out["acc"], out["depth"], out["depth_spread"]
-            psnr = -10 * np.log10(np.mean((out["rgb"] - photo) ** 2))
+            psnr = image_psnr(out["rgb"], photo)
             print(
                 f"view {v} {name}: opacity on {args.label!r} {acc[inside].mean():.2f}, elsewhere "
                 f"{acc[~inside].mean():.2f}; opacity < 0.5 on {100 * (acc < 0.5).mean():.1f}% of the view; "

@@ -31,6 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from method_table import records  # noqa: E402 (bench/ is the script's folder)
+from ovs3d.eval.metrics import psnr as image_psnr  # noqa: E402
 from ovs3d.io.loader import load_scene  # noqa: E402
 from ovs3d.methods.reconstruction import render_view, train_reconstruction  # noqa: E402
 from ovs3d.methods.threedovs.ablations import with_ablation  # noqa: E402
@@ -53,7 +55,7 @@ def fit_curves(args) -> list[dict]:
             psnr, spread = [], []
             for v in views:
                 render = render_view(trained, scene, v, args.downscale, spread=True)
-                psnr.append(-10 * np.log10(np.mean((render["rgb"] - photos[v]) ** 2)))
+                psnr.append(image_psnr(render["rgb"], photos[v]))
                 spread.append(float(render["depth_spread"].mean()))
             rows.append({"step": step, "psnr": float(np.mean(psnr)), "depth_spread": float(np.mean(spread))})
             last = rows[-1]
@@ -105,7 +107,7 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, required=True)
     args = ap.parse_args()
     if args.curves:
-        plot([json.loads(line) for f in args.curves for line in f.read_text().splitlines() if line.strip()], args.plot)
+        plot([rec for f in args.curves for rec in records(f)], args.plot)
         return
     if args.scene is None or args.out is None:
         raise SystemExit("error: give --scene and --out to fit, or --curves to draw stored curves")

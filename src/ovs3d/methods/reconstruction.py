@@ -323,13 +323,8 @@ def render_rays_chunked(
         for k in outs:
             outs[k].append(out[k].cpu())
     h, w = shape
-    result = {
-        "rgb": torch.cat(outs["rgb"]).clamp(0, 1).reshape(h, w, 3).numpy(),
-        "depth": torch.cat(outs["depth"]).reshape(h, w).numpy(),
-        "acc": torch.cat(outs["acc"]).reshape(h, w).numpy(),
-    }
-    if spread:
-        result["depth_spread"] = torch.cat(outs["depth_spread"]).reshape(h, w).numpy()
+    result = {k: torch.cat(v).reshape(h, w, *v[0].shape[1:]).numpy() for k, v in outs.items()}
+    result["rgb"] = result["rgb"].clip(0, 1)
     return result
 
 
