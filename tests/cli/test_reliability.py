@@ -353,3 +353,21 @@ def test_fit_flag_fuzz(tmp_path: Path, tiny_scene_dir: Path, capsys):
     zero_flagged = {flag for flag, argv, invalid in cases if argv[-1] == "0" and invalid}
     assert not {f for f in zero_flagged if ZERO_IS_VALID.search(f)}, "0 is refused where it is meaningful"
     assert {f for f in zero_ok if ZERO_IS_VALID.search(f)}
+
+
+# --------------------------------------------------------------------------------------------------
+# float flags take fractions as written in the docs; a bad one is one line
+
+
+def test_float_flags_take_fractions(tiny_scene_dir: Path, tmp_path: Path, capsys):
+    from ovs3d.cli.main import entrypoint, parse_command
+
+    base = ["fit", "--scene", str(tiny_scene_dir), "--out", str(tmp_path / "run")]
+    cmd = parse_command([*base, "--recon.distortion-from", "1/3", "--features.mask-downscale", "3/2"])
+    assert cmd.recon.distortion_from == 1 / 3 and cmd.features.mask_downscale == 1.5
+    cmd = parse_command([*base, "--method", "lerf", "--lerf.grid-levels", "1/4", "1", "--lerf.max-query-scale", "1/2"])
+    assert cmd.semantic.grid_levels == (0.25, 1.0) and cmd.semantic.max_query_scale == 0.5
+    assert entrypoint([*base, "--recon.distortion-from", "1/0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "ovs3d: error: --recon.distortion-from must be a number or a fraction (got '1/0')"
+    assert not (tmp_path / "run").exists()

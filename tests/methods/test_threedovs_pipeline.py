@@ -142,6 +142,8 @@ def test_variants_set_what_they_name(tmp_path):
     assert with_ablation(base, "smallest_scale").features.pixel_clip.patch_divisors == (10,)
     assert not with_ablation(base, "no_selection").semantic.use_selection and base.semantic.use_selection
     assert with_ablation(base, "no_neg").semantic.fda_w_neg == 0.0
+    # a float setting reads fractions as the CLI does (not as the string "1/3")
+    assert with_ablation(base, "recon.background_from=1/3").recon.background_from == 1 / 3
     with pytest.raises(ValueError, match="no field"):
         with_ablation(base, "semantic.not_a_field=1")
     with pytest.raises(ValueError, match="unknown ablation"):

@@ -115,3 +115,21 @@ def test_field_specs_and_probes():
     assert probes[("0", "0")] is True and ("abc", "abc") in probes
     assert probe_values(specs["mode"]) == [(["bogus-value"], True)]
     assert probe_values(specs["out"]) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0.25", 0.25), ("1e-3", 1e-3), ("-2", -2.0), ("1/3", 1 / 3), (" 2.5 / 10 ", 0.25), ("-1/4", -0.25)],
+)
+def test_parse_number_reads_decimals_and_fractions(text, value):
+    from ovs3d.utils.config import parse_number
+
+    assert parse_number(text) == value  # exact: "1/3" must equal a default written 1 / 3
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1/0", "1/2/3", "/3", "1/", "a/3"])
+def test_parse_number_refuses_what_is_not_a_number(text):
+    from ovs3d.utils.config import parse_number
+
+    with pytest.raises(ValueError, match="fraction"):
+        parse_number(text)

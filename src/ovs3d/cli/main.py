@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from ovs3d.foundation.registry import spec_rule
 from ovs3d.io.colmap import CAMERA_MODELS
 from ovs3d.methods.registry import DEFAULT_METHOD, check_method
 from ovs3d.run import FitConfig, check_device
-from ovs3d.utils.config import check_config, deferred_checks, flag_name, rule
+from ovs3d.utils.config import check_config, deferred_checks, flag_name, parse_number, rule
 from ovs3d.utils.console import TIME_FORMAT, is_quiet, on_terminal, set_quiet
 
 
@@ -599,13 +600,42 @@ def parse_command(argv: list[str]) -> Any:
         return f"--{method}." + flag[len("--semantic.") :] if aliased and flag.startswith("--semantic.") else flag
 
     with deferred_checks(), _one_line_parse_errors(name):
-        cmd = tyro.cli(_commands(_fit_command(method)), args=_method_aliases(argv, method), prog="ovs3d")
+        cmd = tyro.cli(
+            _commands(_fit_command(method)),
+            args=_method_aliases(argv, method),
+            prog="ovs3d",
+            registry=_flag_registry(),
+        )
     check_config(cmd, name=name)
     if isinstance(cmd, Batch):
         cmd.fit_args = fit_args
     elif fit_args:
         raise OVS3DError("flags after -- are only for ovs3d batch (the flags of its fits)")
     return cmd
+
+
+@functools.cache
+def _flag_registry() -> tyro.constructors.ConstructorRegistry:
+    """How flags read their values where tyro's own reading is not enough: a float flag takes a fraction
+    too (``--recon.distortion-from 1/3``, :func:`~ovs3d.utils.config.parse_number`), so that a setting
+    documented as a fraction can be typed as written and matches a default of ``1 / 3`` exactly."""
+    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, PrimitiveTypeInfo
+
+    registry = ConstructorRegistry()
+
+    @registry.primitive_rule
+    def _float_or_fraction(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
+        if info.type is not float:
+            return None
+        return PrimitiveConstructorSpec(
+            nargs=1,
+            metavar="FLOAT",
+            instance_from_str=lambda args: parse_number(args[0]),
+            is_instance=lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+            str_from_instance=lambda x: [repr(float(x))],
+        )
+
+    return registry
 
 
 def _split_fit_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -666,7 +696,7 @@ def _type_words(tp: Any) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         return _type_words(args[0])  # Optional
-    words = {int: ("an integer", "integers"), float: ("a number", "numbers"), Path: ("a path", "paths")}
+    words = {int: ("an integer", "integers"), float: ("a number or a fraction", "numbers"), Path: ("a path", "paths")}
     if typing.get_origin(tp) in (tuple, list):
         elems = [a for a in typing.get_args(tp) if a is not Ellipsis]
         one = words.get(elems[0], ("a value", "values"))[1] if elems else "values"

@@ -135,6 +135,29 @@ class Rule:
     custom: Callable[[Any, str], None] | None = None
 
 
+def parse_number(text: str) -> float:
+    """A float flag's value: a decimal (``0.25``, ``1e-3``) or a fraction of two (``1/3``, ``2.5/10``).
+
+    Fractions are read exactly as Python divides, so ``1/3`` is the same double as a default written
+    ``1 / 3`` (a run fitted with that default resumes when the flag is given as ``1/3``).
+
+    Raises:
+        ValueError: neither a number nor a fraction of two, or a fraction with a zero denominator.
+    """
+    parts = text.strip().split("/")
+    try:
+        if len(parts) > 2:
+            raise ValueError
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"not a number or a fraction of two numbers: {text!r}") from None
+    if len(numbers) == 1:
+        return numbers[0]
+    if numbers[1] == 0:
+        raise ValueError(f"a fraction with a zero denominator: {text!r}")
+    return numbers[0] / numbers[1]
+
+
 def rule(**kwargs: Any) -> dict[str, Rule]:
     """Field metadata holding a :class:`Rule`: ``n_iters: int = field(default=300, metadata=rule(ge=1))``."""
     return {RULE_KEY: Rule(**kwargs)}
@@ -379,7 +402,7 @@ def probe_values(spec: FieldSpec) -> list[tuple[list[str], bool]]:
     out = []
     for text in raw:
         try:
-            value = elem(text)
+            value = parse_number(text) if elem is float else elem(text)  # as the CLI reads it
             bad = False
             one = (value,) * count if origin in (tuple, list) else value
             _check_value(spec.owner, spec.rule, spec.type, one, spec.path, "", field_name, False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ovs3d.methods.threedovs.config import LEGACY_SETTINGS
+from ovs3d.utils.config import parse_number
 
 
 def with_ablation(cfg, name: str):
@@ -114,10 +115,13 @@ def _with_setting(cfg, assignment: str):
     sub = getattr(cfg, section)
     if field not in {f.name for f in fields(sub)}:
         raise ValueError(f"setting {assignment!r}: {type(sub).__name__} has no field {field!r}")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw  # a bare string such as code
+    if isinstance(getattr(sub, field), float):
+        value = parse_number(raw)  # decimals or fractions, as the CLI reads a float flag ("1/3")
+    else:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare string such as code
     return replace(cfg, **{section: replace(sub, **{field: value})})
 
 
