@@ -123,6 +123,17 @@ SCENE_SETS: dict[str, dict[int, dict]] = {
         3002: {"n_small": (3, 4), "small_touch_prob": 0.8, "hub_labels": 2},
         3003: {"n_objects": (3, 4)},
     },
+    # fresh2: made in round 19 (2026-12-07), options written before any of them was generated or fitted, to
+    # check the defaults of round 18 on scenes nothing was tried on: every size of the other sets and each
+    # hard case (small, confusable, touching, camouflaged, partly hidden, hub labels); only reported
+    "fresh2": {
+        3004: {**SMALL},
+        3005: {"width": 160, "height": 120, "n_objects": (4, 6), "occluded": 1, "hub_labels": 2},
+        3006: {"width": 240, "height": 180, "n_small": (2, 3), "small_confused": True, "small_touch_prob": 0.5},
+        3007: {"width": 200, "height": 150, "n_objects": (5, 6), "camouflage": 1},
+        3008: {"width": 128, "height": 96, "n_objects": (3, 4), "hub_labels": 1},
+        3009: {"n_objects": (6, 7), "occluded": 2},
+    },
 }
 """Seeds and make-scene options of the hard-case scene sets (issue 8)."""
 
