@@ -7,6 +7,8 @@ the labels read out in several ways, printing one JSON line per run with the mIo
 - ``argmax``: the argmax of the method's prediction logits (no CRF, the paper's read-out);
 - ``defaults``: ``method.predict_labels`` with the library's default CRF settings (``SemanticConfig``'s
   ``crf_*``), whatever the run stored: what ``ovs3d eval`` predicts for a run fitted with the defaults;
+- ``fill{τ}``: as ``defaults``, after the logits of pixels whose ray opacity is below ``τ`` were replaced by
+  the nearest pixel's at or above it (``SemanticConfig.empty_fill_opacity``);
 - ``crf_t{T}_w{w}_r{R}_c{σc}_d{σd}_i{N}``: :func:`ovs3d.render.crf.dense_crf` with unaries ``T`` × the
   prediction logits, pairwise weight ``w``, window half-size ``R``, bandwidths ``σc`` and ``σd``, ``N``
   mean-field iterations, then argmax;
@@ -91,9 +93,11 @@ def probe(run: Path, variants: list[str]) -> dict:
         for v, r in renders.items():
             logits = method.prediction_logits(r).float()  # [h, w, C]
             crf = parse_crf(name)
-            if name == "defaults":
+            if name == "defaults" or name.startswith("fill"):
                 stored = method.cfg
                 method.cfg = with_default_crf(stored)
+                if name.startswith("fill"):  # fill{τ}: empty pixels filled from the nearest surface, then defaults
+                    method.cfg = replace(method.cfg, empty_fill_opacity=float(name[4:]))
                 labels = method.predict_labels(r)
                 method.cfg = stored
                 logits = torch.nn.functional.one_hot(labels, len(classes)).float()

@@ -532,6 +532,24 @@ def test_predict_labels_runs_the_crf_on_whole_views_only(tiny_scene_dir, tmp_pat
     assert torch.equal(method.predict_labels(image), logits.argmax(-1))
 
 
+def test_empty_pixels_take_the_nearest_surface_prediction_before_the_crf(tiny_scene_dir, tmp_path):
+    from ovs3d.methods.threedovs.method import ThreeDOVS
+
+    trained, data = _random_targets(tiny_scene_dir, tmp_path)
+    method = ThreeDOVS.from_data(trained, SemanticConfig(use_fda=False, crf_iters=0), data)
+    g = torch.Generator().manual_seed(2)
+    image = {"features": torch.randn(6, 8, 16, generator=g), "acc": torch.ones(6, 8)}
+    image["features"][5] = 0.0  # a bottom row no surface was rendered at: its label is the offsets' alone
+    image["acc"][5] = 0.0
+    logits = method.prediction_logits(image)
+    assert torch.equal(method.predict_labels(image), logits.argmax(-1))  # off by default
+    method.cfg = SemanticConfig(use_fda=False, crf_iters=0, empty_fill_opacity=0.5)
+    labels = method.predict_labels(image)
+    expected = logits.argmax(-1)
+    expected[5] = expected[4]  # the nearest opaque pixel of each is the one above it
+    assert torch.equal(labels, expected)
+
+
 def test_the_crf_is_on_for_3dovs_on_forward_scenes_and_off_for_runs_stored_before_it():
     from pathlib import Path
 

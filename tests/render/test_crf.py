@@ -71,3 +71,23 @@ def test_dense_crf_keeps_confident_pixels_and_a_region_that_looks_like_nothing_a
     assert labels[4, 4] == 2 and torch.equal(labels[~small], obj[~small].long())
     q = dense_crf(logits, rgb, depth, 4.0, 2, 0.1, 0.05, iters=3)
     assert torch.allclose(q.sum(-1), torch.ones(9, 9))
+
+
+def test_fill_from_nearest_matches_a_brute_force_search():
+    from ovs3d.render.crf import fill_from_nearest
+
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(7, 9, 4, generator=g)
+    keep = torch.rand(7, 9, generator=g) > 0.6
+    out = fill_from_nearest(values, keep)
+    ys, xs = torch.nonzero(keep, as_tuple=True)
+    for y in range(7):
+        for x in range(9):
+            if keep[y, x]:
+                assert torch.equal(out[y, x], values[y, x])
+                continue
+            d2 = (ys - y) ** 2 + (xs - x) ** 2
+            nearest = torch.nonzero(d2 == d2.min()).flatten()  # ties: any of them
+            assert any(torch.equal(out[y, x], values[ys[i], xs[i]]) for i in nearest)
+    assert fill_from_nearest(values, torch.ones(7, 9, dtype=torch.bool)) is values
+    assert fill_from_nearest(values, torch.zeros(7, 9, dtype=torch.bool)) is values

@@ -96,3 +96,26 @@ def dense_crf(
         message = joint_bilateral(q, rgb, depth, radius, sigma_rgb, sigma_depth, skip_self=True)
         q = torch.softmax(logits + weight * message, -1)
     return q
+
+
+def fill_from_nearest(values: Tensor, keep: Tensor) -> Tensor:
+    """Each pixel outside ``keep`` takes the values of the nearest pixel inside it (Euclidean, in pixels; ties
+    as :func:`scipy.ndimage.distance_transform_edt` breaks them).
+
+    Used on a view's label scores where a ray hits no surface: its rendered feature is empty, so its scores are
+    only the labels' offsets, not evidence about the pixel.
+
+    Args:
+        values: ``[H, W, C]`` per-pixel values.
+        keep: ``[H, W]`` bool, the pixels whose values stand.
+
+    Returns:
+        ``[H, W, C]``: ``values`` itself where every pixel or none is kept.
+    """
+    if bool(keep.all()) or not bool(keep.any()):
+        return values
+    from scipy.ndimage import distance_transform_edt
+
+    _, (iy, ix) = distance_transform_edt(~keep.cpu().numpy(), return_indices=True)
+    iy, ix = torch.from_numpy(iy).to(values.device), torch.from_numpy(ix).to(values.device)
+    return values[iy, ix]

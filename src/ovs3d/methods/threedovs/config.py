@@ -176,6 +176,12 @@ class SemanticConfig:
     crf_kinds: tuple[Literal["forward", "bounded", "unbounded"], ...] = ("forward",)
     """The scene kinds the CRF runs on: forward-facing, where it was measured (the depth it compares is NDC's
     ray parameter there); rooms and 360° scenes keep the argmax."""
+    empty_fill_opacity: float = field(default=0.0, metadata=rule(ge=0, le=1))
+    """In a whole rendered view, pixels whose ray opacity is below this take the prediction logits of the
+    nearest pixel at or above it, before the CRF (ours; 0 = off, the paper). A ray that hits no surface (a
+    held-out view's corner that no training view saw) renders an empty feature, whose label is then decided by
+    the labels' offsets alone, the same label for every such pixel (bench/RESULTS.md §4, round 19). Not the
+    default: measured on validation only so far."""
     use_selection: bool = True
     """The Selection Volume (Eq. 2–3). False (the paper's Tab. 4 "w/o Selection Volume"): every ray's feature
     and RDA targets are the plain average over the scales."""

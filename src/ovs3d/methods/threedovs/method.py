@@ -654,8 +654,13 @@ class ThreeDOVS(SemanticMethod):
         return self.labels_from_logits(self.prediction_logits(render), render)
 
     def labels_from_logits(self, logits: Tensor, render: dict[str, Tensor]) -> Tensor:
-        """``[...]`` label indices of prediction logits ``[..., C]`` of ``render`` (:meth:`predict_labels`)."""
+        """``[...]`` label indices of prediction logits ``[..., C]`` of ``render`` (:meth:`predict_labels`): a
+        whole view's empty pixels filled from their nearest surface (``empty_fill_opacity``), then the CRF."""
         cfg = self.cfg
+        if cfg.empty_fill_opacity > 0 and logits.dim() == 3 and "acc" in render:
+            from ovs3d.render.crf import fill_from_nearest
+
+            logits = fill_from_nearest(logits, render["acc"].to(logits.device) >= cfg.empty_fill_opacity)
         if cfg.crf_iters > 0 and logits.dim() == 3 and "rgb" in render and "depth" in render:
             from ovs3d.render.crf import dense_crf
 
