@@ -144,13 +144,12 @@ def parse_number(text: str) -> float:
     Raises:
         ValueError: neither a number nor a fraction of two, or a fraction with a zero denominator.
     """
-    parts = text.strip().split("/")
     try:
-        if len(parts) > 2:
-            raise ValueError
-        numbers = [float(p) for p in parts]
+        numbers = [float(p) for p in text.strip().split("/")]
     except ValueError:
-        raise ValueError(f"not a number or a fraction of two numbers: {text!r}") from None
+        numbers = []
+    if len(numbers) not in (1, 2):
+        raise ValueError(f"not a number or a fraction of two numbers: {text!r}")
     if len(numbers) == 1:
         return numbers[0]
     if numbers[1] == 0:
