@@ -542,12 +542,31 @@ def test_empty_pixels_take_the_nearest_surface_prediction_before_the_crf(tiny_sc
     image["features"][5] = 0.0  # a bottom row no surface was rendered at: its label is the offsets' alone
     image["acc"][5] = 0.0
     logits = method.prediction_logits(image)
-    assert torch.equal(method.predict_labels(image), logits.argmax(-1))  # off by default
-    method.cfg = SemanticConfig(use_fda=False, crf_iters=0, empty_fill_opacity=0.5)
+    assert method.cfg.empty_fill_opacity == 0.5  # on by default
     labels = method.predict_labels(image)
     expected = logits.argmax(-1)
     expected[5] = expected[4]  # the nearest opaque pixel of each is the one above it
     assert torch.equal(labels, expected)
+    method.cfg = SemanticConfig(use_fda=False, crf_iters=0, empty_fill_opacity=0.0)  # off: the argmax
+    assert torch.equal(method.predict_labels(image), logits.argmax(-1))
+    flat = {k: v.reshape(48, *v.shape[2:]) for k, v in image.items()}  # per-ray renders: never filled
+    method.cfg = SemanticConfig(use_fda=False, crf_iters=0)
+    assert torch.equal(method.predict_labels(flat), logits.reshape(48, -1).argmax(-1))
+
+
+def test_the_fill_of_empty_pixels_is_off_for_runs_stored_before_it_and_for_the_papers_readings():
+    from pathlib import Path
+
+    from ovs3d.methods.ovnerf.config import OVNeRFConfig
+    from ovs3d.methods.threedovs.ablations import with_ablation
+    from ovs3d.methods.threedovs.method import ThreeDOVS
+    from ovs3d.run import FitConfig
+
+    assert ThreeDOVS.config_from_dict({"n_iters": 3}).empty_fill_opacity == 0.0
+    assert ThreeDOVS.config_from_dict({"empty_fill_opacity": 0.25}).empty_fill_opacity == 0.25
+    assert OVNeRFConfig().empty_fill_opacity == 0.0
+    for variant in ("paper", "reference", "previous"):
+        assert with_ablation(FitConfig(scene=Path("s"), out=Path("o")), variant).semantic.empty_fill_opacity == 0.0
 
 
 def test_the_crf_is_on_for_3dovs_on_forward_scenes_and_off_for_runs_stored_before_it():
@@ -578,6 +597,29 @@ def test_prepare_stores_the_crf_off_on_the_kinds_it_does_not_run_on(tiny_scene_d
     monkeypatch.setattr(scene, "kind", "bounded")  # the same targets, read as a room's
     assert threedovs.ThreeDOVS.prepare(scene, trained, cfg, {"clip": None}, "cpu").cfg.crf_iters == 0
     assert cfg.semantic.crf_iters == 5  # the user's config is left as it was
+
+
+def test_prepare_stores_the_fill_of_empty_pixels_off_on_the_kinds_it_does_not_run_on(
+    tiny_scene_dir, tmp_path, monkeypatch
+):
+    from dataclasses import replace
+
+    from ovs3d.methods.threedovs import method as threedovs
+    from ovs3d.run import FitConfig
+
+    trained, data = _random_targets(tiny_scene_dir, tmp_path)
+    monkeypatch.setattr(threedovs, "prepare_data", lambda *args, **kwargs: data)
+    scene = load_scene(tiny_scene_dir)
+    cfg = FitConfig(scene=tiny_scene_dir, out=tmp_path / "run", semantic=SemanticConfig(use_fda=False))
+    assert scene.kind == "forward"
+    assert threedovs.ThreeDOVS.prepare(scene, trained, cfg, {"clip": None}, "cpu").cfg.empty_fill_opacity == 0.5
+    for kind in ("bounded", "unbounded"):  # rooms and 360° scenes train over black: not measured there
+        monkeypatch.setattr(scene, "kind", kind)
+        assert threedovs.ThreeDOVS.prepare(scene, trained, cfg, {"clip": None}, "cpu").cfg.empty_fill_opacity == 0
+    both = replace(cfg, semantic=replace(cfg.semantic, empty_fill_kinds=("forward", "bounded")))
+    monkeypatch.setattr(scene, "kind", "bounded")
+    assert threedovs.ThreeDOVS.prepare(scene, trained, both, {"clip": None}, "cpu").cfg.empty_fill_opacity == 0.5
+    assert cfg.semantic.empty_fill_opacity == 0.5  # the user's config is left as it was
     from ovs3d.methods.ovnerf.config import OVNeRFConfig
 
     asked = OVNeRFConfig(crf_iters=5)  # OV-NeRF's prepare reads its settings through the same function

@@ -32,6 +32,9 @@ class OVNeRFConfig(SemanticConfig):
     crf_iters: int = field(default=0, metadata=rule(ge=0))
     """As for 3D-OVS (on there); OV-NeRF's region labels already follow its mask borders, and it has not been
     measured with the CRF, so off here."""
+    empty_fill_opacity: float = field(default=0.0, metadata=rule(ge=0, le=1))
+    """As for 3D-OVS (0.5 there); OV-NeRF's numbers (bench/RESULTS.md §5) were measured without the fill of
+    empty pixels, and it has not been measured with it, so off here."""
     semantic_components: tuple[int, int, int] = field(default=(8, 8, 8), metadata=rule(ge=0))
     """Components per plane-line pair of a semantic VM grid beside the appearance feature at the CLIP-feature
     MLP's input (3D-OVS's option, off there as in the paper). On here: OV-NeRF's cross-entropy names regions

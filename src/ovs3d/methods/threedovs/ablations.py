@@ -18,9 +18,10 @@ def with_ablation(cfg, name: str):
     Table 4: ``no_selection`` (scales averaged, no Selection Volume), ``no_neg`` (FDA without ``neg_F``).
     ``previous``: the library defaults before issue 8 (settings added since are off).
     Readings: ``paper`` (the paper's cosine RDA at weight 1 and λ_pos 200, uniform ray draws, no scale prior,
-    raw-cosine labels read by their argmax), ``reference`` (the official code's: unnormalised-feature RDA at
-    weight 1, pairwise KL in FDA, λ_pos 200, uniform draws, no scale prior, raw-cosine labels read by their
-    argmax), ``code_rda`` / ``code_rda_w5`` / ``rda_w5`` (RDA reading and weight alone), ``kl_fda`` (pairwise
+    raw-cosine labels read by their argmax, no fill of empty pixels), ``reference`` (the official code's:
+    unnormalised-feature RDA at weight 1, pairwise KL in FDA, λ_pos 200, uniform draws, no scale prior,
+    raw-cosine labels read by their argmax, no fill of empty pixels), ``code_rda`` / ``code_rda_w5`` /
+    ``rda_w5`` (RDA reading and weight alone), ``kl_fda`` (pairwise
     KL in FDA). OV-NeRF (``cfg.method == "ovnerf"``):
     ``no_rsr``, ``no_cse``, ``cse_no_novel``, ``rsr_superpixel``, ``rsr_votes``, ``cse_every_kind``
     (:data:`OVNERF_ABLATIONS`). Any single setting: ``"semantic.<field>=<value>"``,
@@ -50,6 +51,7 @@ def with_ablation(cfg, name: str):
                 selection_prior="none",
                 label_centering=False,
                 crf_iters=0,
+                empty_fill_opacity=0.0,
             ),
         )
     if name == "reference":  # the official code's readings and values (unnormalised RDA, KL in FDA)
@@ -65,6 +67,7 @@ def with_ablation(cfg, name: str):
                 selection_prior="none",
                 label_centering=False,
                 crf_iters=0,
+                empty_fill_opacity=0.0,
             ),
         )
     if name in OVNERF_ABLATIONS:  # OV-NeRF's Table ablations (its config has these fields)

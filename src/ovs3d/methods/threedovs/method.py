@@ -321,10 +321,14 @@ def crf_runs(cfg: SemanticConfig, kind: str) -> bool:
 
 def settings_for_kind(cfg: SemanticConfig, kind: str) -> SemanticConfig:
     """The settings a method trains and predicts with on a scene of ``kind``: the dense CRF off where it does not
-    run (``crf_kinds``). Stored as such in the semantic checkpoint, so that a loaded run needs no scene kind."""
+    run (``crf_kinds``), likewise the fill of empty pixels (``empty_fill_kinds``). Stored as such in the
+    semantic checkpoint, so that a loaded run needs no scene kind."""
     if cfg.crf_iters and not crf_runs(cfg, kind):
         logger.info("the dense CRF is off on %s scenes (--semantic.crf-kinds)", kind)
-        return replace(cfg, crf_iters=0)
+        cfg = replace(cfg, crf_iters=0)
+    if cfg.empty_fill_opacity > 0 and kind not in cfg.empty_fill_kinds:
+        logger.info("the fill of empty pixels is off on %s scenes (--semantic.empty-fill-kinds)", kind)
+        cfg = replace(cfg, empty_fill_opacity=0.0)
     return cfg
 
 
