@@ -1,7 +1,11 @@
-"""Cost of the dense CRF read-out (``--semantic.crf-iters``) per rendered view, at the library's defaults.
+"""Cost of the read-out of a rendered view at the library's defaults: the dense CRF (``--semantic.crf-iters``) and
+the fill of empty pixels before it (``--semantic.empty-fill-opacity``).
 
-Times :func:`ovs3d.render.crf.dense_crf` on random label scores, colour and depth at several view sizes and
-label counts (median of ``--repeats`` runs, after one warm-up), on the CPU or a CUDA device.
+Times :func:`ovs3d.render.crf.dense_crf` on random label scores, colour and depth, and
+:func:`ovs3d.render.crf.fill_from_nearest` with a share ``--empty`` of the pixels empty (the left part of each
+row, as in a held-out view's unseen corner; scattered pixels cost about as much), at several view sizes and label
+counts (median of ``--repeats`` runs, after one warm-up), on the CPU or a CUDA device. A view with no empty pixel
+skips the fill.
 
 Usage::
 
@@ -18,7 +22,7 @@ import time
 import torch
 
 from ovs3d.methods.threedovs.config import SemanticConfig
-from ovs3d.render.crf import dense_crf
+from ovs3d.render.crf import dense_crf, fill_from_nearest
 
 
 def main() -> None:
@@ -28,12 +32,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sizes", nargs="+", default=["50x37", "80x60", "252x189", "504x378"])
     ap.add_argument("--labels", type=int, nargs="+", default=[6, 12])
+    ap.add_argument("--empty", type=float, default=0.2, help="share of the view's pixels the fill replaces")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg, dev = SemanticConfig(), torch.device(args.device)
     g = torch.Generator().manual_seed(0)
-    print(f"| view | labels | dense CRF ({cfg.crf_iters} iterations, window {2 * cfg.crf_radius + 1}²) |")
-    print("|---|---|---|")
+    crf = f"dense CRF ({cfg.crf_iters} iterations, window {2 * cfg.crf_radius + 1}²)"
+    print(f"| view | labels | {crf} | fill of empty pixels ({100 * args.empty:.0f} % empty) |")
+    print("|---|---|---|---|")
     for size in args.sizes:
         w, h = (int(x) for x in size.split("x"))
         for n_labels in args.labels:
@@ -46,9 +52,19 @@ def main() -> None:
                           cfg.crf_sigma_depth, cfg.crf_iters).argmax(-1).cpu()  # fmt: skip
                 return time.perf_counter() - t0
 
-            run()
-            ms = 1000 * statistics.median(run() for _ in range(args.repeats))
-            print(f"| {w}x{h} | {n_labels} | {ms:.1f} ms |")
+            keep = torch.ones(h, w, dtype=torch.bool, device=dev)
+            keep[:, : round(args.empty * w)] = False
+
+            def fill(logits=logits, keep=keep) -> float:
+                t0 = time.perf_counter()
+                fill_from_nearest(logits, keep).cpu()
+                return time.perf_counter() - t0
+
+            times = []
+            for timed in (run, fill):
+                timed()
+                times.append(1000 * statistics.median(timed() for _ in range(args.repeats)))
+            print(f"| {w}x{h} | {n_labels} | {times[0]:.1f} ms | {times[1]:.1f} ms |")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Picture of what the dense CRF read-out changes on a run's annotated views: the rendered colour, the labels read
-by the argmax and by the CRF, and where each is wrong.
+"""Picture of what a read-out changes on one annotated view of each run: the rendered colour, the labels read two
+ways, and where each is wrong. ``--compare crf`` (default): the argmax against the dense CRF; ``--compare fill``:
+the CRF without and with the fill of empty pixels (``--semantic.empty-fill-opacity 0.5``).
 
 Usage::
 
     python bench/crf_picture.py --runs RUN [RUN ...] --names NAME [NAME ...] --out picture.png
+    python bench/crf_picture.py --runs RUN --names NAME --compare fill --view 21 --out picture.png
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, nargs="+", required=True)
     ap.add_argument("--names", nargs="+", required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--compare", choices=("crf", "fill"), default="crf")
+    ap.add_argument("--view", type=int, default=None, help="view index (default: each run's first annotated view)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -40,9 +44,15 @@ def main() -> None:
         method = get_method(cfg.method).load(
             load_trained_field(run / "checkpoints" / CHECKPOINT_NAME, "cpu"), run, "cpu"
         )
-        on = with_default_crf(method.cfg)
-        off = replace(method.cfg, crf_iters=0)
-        v = scene.annotated[0]
+        crf = with_default_crf(method.cfg)
+        if args.compare == "crf":
+            readouts = (("argmax", replace(method.cfg, crf_iters=0)), ("dense CRF", crf))
+        else:
+            no_fill, fill = replace(crf, empty_fill_opacity=0.0), replace(crf, empty_fill_opacity=0.5)
+            readouts = (("CRF, no fill", no_fill), ("CRF after the fill (0.5)", fill))
+        v = scene.annotated[0] if args.view is None else args.view
+        if v not in scene.annotated:
+            raise SystemExit(f"error: view {v} of {run} is not annotated (annotated: {list(scene.annotated)})")
         r = method.render_view(scene, v, cfg.features.semantic_downscale)
         gt = scene.load_masks(v, cfg.features.semantic_downscale)
         labelled = gt.any(0)
@@ -50,7 +60,7 @@ def main() -> None:
         rgb = r["rgb"].numpy()
         pal = label_palette(len(scene.classes))
         panels = [("rendered colour", rgb)]
-        for title, c in (("argmax", off), ("dense CRF", on)):
+        for title, c in readouts:
             method.cfg = c
             pred = method.predict_labels(r).numpy()
             wrong = labelled & (pred != gl)

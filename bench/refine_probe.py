@@ -6,7 +6,9 @@ the labels read out in several ways, printing one JSON line per run with the mIo
 
 - ``argmax``: the argmax of the method's prediction logits (no CRF, the paper's read-out);
 - ``defaults``: ``method.predict_labels`` with the library's default CRF settings (``SemanticConfig``'s
-  ``crf_*``), whatever the run stored: what ``ovs3d eval`` predicts for a run fitted with the defaults;
+  ``crf_*``), whatever the run stored, and the run's own ``empty_fill_opacity`` (off in runs fitted before it
+  became the default in round 20, which is what the ``defaults`` columns of rounds 19–20 read; ``fill0`` turns
+  it off in any run);
 - ``fill{τ}``: as ``defaults``, after the logits of pixels whose ray opacity is below ``τ`` were replaced by
   the nearest pixel's at or above it (``SemanticConfig.empty_fill_opacity``);
 - ``crf_t{T}_w{w}_r{R}_c{σc}_d{σd}_i{N}``: :func:`ovs3d.render.crf.dense_crf` with unaries ``T`` × the
