@@ -6,7 +6,8 @@ the labels read out in several ways, printing one JSON line per run with the mIo
 
 - ``argmax``: the argmax of the method's prediction logits (no CRF, the paper's read-out);
 - ``defaults``: ``method.predict_labels`` with the library's default CRF settings (``SemanticConfig``'s
-  ``crf_*``), whatever the run stored, and the run's own ``empty_fill_opacity`` (off in runs fitted before it
+  ``crf_*``, off on the scene kinds outside ``crf_kinds``, as ``eval``: rooms keep the argmax), whatever the run
+  stored, and the run's own ``empty_fill_opacity`` (off in runs fitted before it
   became the default in round 20, which is what the ``defaults`` columns of rounds 19–20 read; ``fill0`` turns
   it off in any run);
 - ``fill{τ}``: as ``defaults``, after the logits of pixels whose ray opacity is below ``τ`` were replaced by
@@ -22,6 +23,9 @@ Usage::
 
     python bench/refine_probe.py RUN [RUN ...] --variants r1_c0.1_d0.05_i1 crf_t100_w4_r2_c0.1_d0.05_i5
     python bench/refine_probe.py RUN [RUN ...] --variants defaults --per-label --out records.jsonl
+    python bench/refine_probe.py ROOM_RUN --variants defaults fill0.5 --protocol ovnerf
+
+Scores with the 3D-OVS protocol (``--protocol 3dovs``) or the OV-NeRF one (``ovnerf``, what rooms are scored with).
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovs3d.eval.metrics import aggregate, segmentation_view_metrics
+from ovs3d.eval.metrics import aggregate, ovnerf_aggregate, ovnerf_view_metrics, segmentation_view_metrics
 from ovs3d.methods.reconstruction import CHECKPOINT_NAME, load_trained_field
 from ovs3d.methods.registry import get_method
 from ovs3d.methods.threedovs.config import SemanticConfig
+from ovs3d.methods.threedovs.method import settings_for_kind
 from ovs3d.render.crf import dense_crf, joint_bilateral
 from ovs3d.run import _load_scene, fit_config_from_run
 
@@ -80,7 +85,7 @@ def parse(variant: str) -> dict:
 
 
 @torch.no_grad()
-def probe(run: Path, variants: list[str]) -> dict:
+def probe(run: Path, variants: list[str], protocol: str = "3dovs") -> dict:
     cfg = fit_config_from_run(run)
     scene = _load_scene(cfg.scene, cfg.kind)
     trained = load_trained_field(run / "checkpoints" / CHECKPOINT_NAME, "cpu")
@@ -88,6 +93,9 @@ def probe(run: Path, variants: list[str]) -> dict:
     ds, classes = cfg.features.semantic_downscale, list(scene.classes)
     renders = {v: method.render_view(scene, v, ds) for v in scene.annotated}
     gts = {v: scene.load_masks(v, ds) for v in scene.annotated}
+    view_metrics, aggregate_views = (
+        (segmentation_view_metrics, aggregate) if protocol == "3dovs" else (ovnerf_view_metrics, ovnerf_aggregate)
+    )
     out = {"run": str(run)}
     per_label = {}
     for name in ["argmax", *variants]:
@@ -97,7 +105,7 @@ def probe(run: Path, variants: list[str]) -> dict:
             crf = parse_crf(name)
             if name == "defaults" or name.startswith("fill"):
                 stored = method.cfg
-                method.cfg = with_default_crf(stored)
+                method.cfg = settings_for_kind(with_default_crf(stored), scene.kind)  # as eval: no CRF in rooms
                 if name.startswith("fill"):  # fill{τ}: empty pixels filled from the nearest surface, then defaults
                     method.cfg = replace(method.cfg, empty_fill_opacity=float(name[4:]))
                 labels = method.predict_labels(r)
@@ -122,10 +130,10 @@ def probe(run: Path, variants: list[str]) -> dict:
                         x, r["rgb"].float(), r["depth"].float(), p["radius"], p["sigma_rgb"], p["sigma_depth"]
                     )
                 logits = x
-            views[v] = segmentation_view_metrics(gts[v], logits.argmax(-1).numpy().astype(np.int64), classes)
-        agg = aggregate(views, classes)
+            views[v] = view_metrics(gts[v], logits.argmax(-1).numpy().astype(np.int64), classes)
+        agg = aggregate_views(views, classes)
         out[name] = round(agg["miou"], 4)
-        per_label[name] = {c: round(x, 3) for c, x in agg["class_iou"].items()}
+        per_label[name] = {c: None if x is None else round(x, 3) for c, x in agg["class_iou"].items()}
     out["per_label"] = per_label
     return out
 
@@ -135,11 +143,17 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--variants", nargs="+", default=["r1_c0.1_d0.05_i1"])
     ap.add_argument("--per-label", action="store_true")
+    ap.add_argument(
+        "--protocol",
+        choices=("3dovs", "ovnerf"),
+        default="3dovs",
+        help="scoring (SPEC §5): 3dovs (every label of every view) or ovnerf (rooms: absent labels skipped)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also append each run's JSON line to this file")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for run in args.runs:
-        res = probe(run, args.variants)
+        res = probe(run, args.variants, args.protocol)
         if not args.per_label:
             res.pop("per_label")
         print(json.dumps(res), flush=True)
