@@ -186,8 +186,9 @@ class SemanticConfig:
     Runs on the scene kinds of ``empty_fill_kinds``."""
     empty_fill_kinds: tuple[Literal["forward", "bounded", "unbounded"], ...] = ("forward",)
     """The scene kinds ``empty_fill_opacity`` applies on: forward-facing, where it was measured (and where the
-    reconstruction trains over a random background, so only a ray that hits nothing stays empty); rooms and
-    360° scenes train over black, where a dark surface may render empty too, and keep their predictions."""
+    reconstruction trains over a random background, so only a ray that hits nothing stays empty). Rooms and
+    360° scenes train over black, where a dark surface may render empty too: on both validation rooms the fill
+    was lower, a black TV stand the most (bench/RESULTS.md §4, round 20), so they keep their predictions."""
     use_selection: bool = True
     """The Selection Volume (Eq. 2–3). False (the paper's Tab. 4 "w/o Selection Volume"): every ray's feature
     and RDA targets are the plain average over the scales."""
