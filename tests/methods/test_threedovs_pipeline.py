@@ -597,6 +597,11 @@ def test_prepare_stores_the_crf_off_on_the_kinds_it_does_not_run_on(tiny_scene_d
     monkeypatch.setattr(scene, "kind", "bounded")  # the same targets, read as a room's
     assert threedovs.ThreeDOVS.prepare(scene, trained, cfg, {"clip": None}, "cpu").cfg.crf_iters == 0
     assert cfg.semantic.crf_iters == 5  # the user's config is left as it was
+    from ovs3d.methods.ovnerf.config import OVNeRFConfig
+
+    asked = OVNeRFConfig(crf_iters=5)  # OV-NeRF's prepare reads its settings through the same function
+    assert threedovs.settings_for_kind(asked, "bounded").crf_iters == 0
+    assert threedovs.settings_for_kind(asked, "forward") is asked
 
 
 def test_prepare_stores_the_fill_of_empty_pixels_off_on_the_kinds_it_does_not_run_on(
@@ -620,11 +625,6 @@ def test_prepare_stores_the_fill_of_empty_pixels_off_on_the_kinds_it_does_not_ru
     monkeypatch.setattr(scene, "kind", "bounded")
     assert threedovs.ThreeDOVS.prepare(scene, trained, both, {"clip": None}, "cpu").cfg.empty_fill_opacity == 0.5
     assert cfg.semantic.empty_fill_opacity == 0.5  # the user's config is left as it was
-    from ovs3d.methods.ovnerf.config import OVNeRFConfig
-
-    asked = OVNeRFConfig(crf_iters=5)  # OV-NeRF's prepare reads its settings through the same function
-    assert threedovs.settings_for_kind(asked, "bounded").crf_iters == 0
-    assert threedovs.settings_for_kind(asked, "forward") is asked
 
 
 def test_label_ce_is_the_cross_entropy_of_the_prediction_against_each_rays_pseudo_class(tiny_scene_dir, tmp_path):
