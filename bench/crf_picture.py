@@ -44,7 +44,7 @@ def main() -> None:
         method = get_method(cfg.method).load(
             load_trained_field(run / "checkpoints" / CHECKPOINT_NAME, "cpu"), run, "cpu"
         )
-        crf = with_default_crf(method.cfg)
+        crf = with_default_crf(method.cfg, scene.kind)
         if args.compare == "crf":
             readouts = (("argmax", replace(method.cfg, crf_iters=0)), ("dense CRF", crf))
         else:

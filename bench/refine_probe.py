@@ -50,11 +50,12 @@ from ovs3d.run import _load_scene, fit_config_from_run
 CRF_SETTINGS = ("crf_iters", "crf_weight", "crf_radius", "crf_sigma_rgb", "crf_sigma_depth")
 
 
-def with_default_crf(cfg):
+def with_default_crf(cfg, kind: str):
     """A run's semantic settings with the library's default CRF read-out (``SemanticConfig``'s ``crf_*``),
-    whatever the run stored (runs fitted before the CRF read as without it)."""
+    whatever the run stored (runs fitted before the CRF read as without it), on a scene of ``kind`` as ``eval``
+    reads it (:func:`settings_for_kind`: no CRF in rooms)."""
     default = SemanticConfig()
-    return replace(cfg, **{k: getattr(default, k) for k in CRF_SETTINGS})
+    return settings_for_kind(replace(cfg, **{k: getattr(default, k) for k in CRF_SETTINGS}), kind)
 
 
 def parse_crf(variant: str) -> dict | None:
@@ -105,7 +106,7 @@ def probe(run: Path, variants: list[str], protocol: str = "3dovs") -> dict:
             crf = parse_crf(name)
             if name == "defaults" or name.startswith("fill"):
                 stored = method.cfg
-                method.cfg = settings_for_kind(with_default_crf(stored), scene.kind)  # as eval: no CRF in rooms
+                method.cfg = with_default_crf(stored, scene.kind)
                 if name.startswith("fill"):  # fill{τ}: empty pixels filled from the nearest surface, then defaults
                     method.cfg = replace(method.cfg, empty_fill_opacity=float(name[4:]))
                 labels = method.predict_labels(r)
