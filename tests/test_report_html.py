@@ -229,6 +229,20 @@ def test_log_helpers(tmp_path: Path):
     assert list(series) == ["loss", "seconds"]
 
 
+def test_settings_say_each_kinds_reconstruction_iterations():
+    from ovs3d.report import method_settings
+
+    def iters(recon: dict, kind: str | None) -> str:
+        settings = dict(method_settings({"method": "rgb", "recon": recon}, {}, scene_kind=kind))
+        return settings["reconstruction iterations"]
+
+    recon = {"n_iters": 400, "bounded_iters_factor": 0.75, "unbounded_iters_factor": 1.5}
+    assert iters(recon, "forward") == "400"
+    assert iters(recon, "bounded") == "400 × 0.75 (bounded scene)"
+    assert iters(recon, "unbounded") == "400 × 1.5 (unbounded scene)"
+    assert iters({"n_iters": 300, "unbounded_iters_factor": 2.0}, "bounded") == "300"  # stored before the factor
+
+
 def test_end_to_end_rgb_run_evaluated_first(tiny_scene_dir: Path, tmp_path: Path):
     """A real 2-iteration reconstruction-only fit; the report evaluates it (no eval/ yet) and inlines the result."""
     from ovs3d.methods.reconstruction import ReconstructionConfig

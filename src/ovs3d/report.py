@@ -418,15 +418,15 @@ def method_settings(
         metrics: ``eval/metrics.json`` (its ``semantic`` entry holds the method's summary settings).
         synthetic: whether the scene is synthetic (has ``sim/``), to say what ``auto`` backends are; None:
             unknown (scene folder gone).
-        scene_kind: the run's scene kind (unbounded scenes train more reconstruction iterations).
+        scene_kind: the run's scene kind (bounded and unbounded scenes scale the reconstruction iterations).
     """
     recon = fit.get("recon") or {}
     features = fit.get("features") or {}
     semantic = fit.get("semantic") or {}
     iters = fmt_setting(recon.get("n_iters"))
-    factor = recon.get("unbounded_iters_factor")
-    if scene_kind == "unbounded" and isinstance(factor, (int, float)) and factor != 1:
-        iters += f" × {fmt_setting(factor)} (unbounded scene)"
+    factor = recon.get(f"{scene_kind}_iters_factor") if scene_kind in ("bounded", "unbounded") else None
+    if isinstance(factor, (int, float)) and factor != 1:
+        iters += f" × {fmt_setting(factor)} ({scene_kind} scene)"
     pairs = [
         ("reconstruction iterations", iters),
         ("RGB downscale", fmt_setting(recon.get("rgb_downscale"))),

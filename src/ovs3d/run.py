@@ -268,7 +268,8 @@ def _with_legacy_settings(
     (``features.dino_min_cells`` None), and for the reconstruction a black background (``background``) or one
     that came in at once (``background_ramp`` 0), the distortion loss from the start (``distortion_from`` 0) and
     at once (``distortion_ramp`` 0),
-    ``unbounded_iters_factor`` 1 for an unbounded scene (older runs trained every kind alike), and no box
+    ``unbounded_iters_factor`` 1 for an unbounded scene and ``bounded_iters_factor`` 1 for a room (older runs
+    trained every kind alike), and no box
     shrink (``shrink_kinds`` empty) where ``recon`` would shrink the run's kind; where a setting changes
     nothing for the run's kind it takes ``recon``'s value and never blocks a resume."""
     features = fit_cfg.get("features")
@@ -293,6 +294,8 @@ def _with_legacy_settings(
         added["distortion_ramp"] = 0.0
     if "unbounded_iters_factor" not in stored_recon:
         added["unbounded_iters_factor"] = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
+    if "bounded_iters_factor" not in stored_recon:
+        added["bounded_iters_factor"] = 1.0 if scene_kind == "bounded" else recon.bounded_iters_factor
     if "shrink_kinds" not in stored_recon:
         added["shrink_kinds"] = [] if box_shrinks(recon, str(scene_kind)) else list(recon.shrink_kinds)
         added["shrink_iter"] = recon.shrink_iter

@@ -17,6 +17,7 @@ def tiny_config(**kw) -> ReconstructionConfig:
     base = dict(
         background="black",
         n_iters=40,
+        bounded_iters_factor=1.0,  # every kind trains n_iters here; the factors have their own test
         batch_size=512,
         init_voxels=16**3,
         final_voxels=28**3,
@@ -107,16 +108,24 @@ def test_bounded_kind_marches_in_a_world_box(tiny_scene_dir, tmp_path):
     assert np.isfinite(out["rgb"]).all() and out["acc"].max() > 0.1
 
 
-def test_unbounded_scenes_train_more_iterations():
+def test_each_scene_kind_trains_its_own_iterations():
     from ovs3d.methods.reconstruction import for_kind
 
     cfg = ReconstructionConfig(background="black", distortion_from=0.0)
-    assert for_kind(cfg, "forward") is cfg and for_kind(cfg, "bounded") is cfg
+    assert for_kind(cfg, "forward") is cfg
+    # the defaults: 400 on forward-facing scenes, rooms keep 300 and unbounded scenes 600, as measured
+    assert (cfg.n_iters, for_kind(cfg, "bounded").n_iters, for_kind(cfg, "unbounded").n_iters) == (400, 300, 600)
     unbounded = for_kind(cfg, "unbounded")
-    assert unbounded.n_iters == 2 * cfg.n_iters and unbounded.unbounded_iters_factor == 1.0
+    assert unbounded.n_iters == round(1.5 * cfg.n_iters) and unbounded.unbounded_iters_factor == 1.0
+    assert unbounded.bounded_iters_factor == cfg.bounded_iters_factor
     assert unbounded.upsample_iters == cfg.upsample_iters and unbounded.occupancy_iters == cfg.occupancy_iters
     assert for_kind(unbounded, "unbounded") == unbounded  # applying it twice changes nothing
+    bounded = for_kind(cfg, "bounded")
+    assert bounded.bounded_iters_factor == 1.0 and bounded.unbounded_iters_factor == cfg.unbounded_iters_factor
+    assert for_kind(bounded, "bounded") == bounded
     assert for_kind(ReconstructionConfig(n_iters=3, unbounded_iters_factor=1.5), "unbounded").n_iters == 4
+    alike = ReconstructionConfig(background="black", distortion_from=0.0, bounded_iters_factor=1.0)
+    assert for_kind(alike, "bounded") is alike
 
 
 def test_runs_made_before_the_unbounded_factor_keep_their_schedule():
@@ -126,11 +135,16 @@ def test_runs_made_before_the_unbounded_factor_keep_their_schedule():
     new = ReconstructionConfig()
     assert _with_legacy_settings(old, "unbounded", new)["recon"]["unbounded_iters_factor"] == 1.0
     assert _with_legacy_settings(old, "forward", new)["recon"]["unbounded_iters_factor"] == new.unbounded_iters_factor
+    # a room made before trained n_iters; elsewhere the factor changes nothing and takes the current value
+    assert _with_legacy_settings(old, "bounded", new)["recon"]["bounded_iters_factor"] == 1.0
+    assert _with_legacy_settings(old, "forward", new)["recon"]["bounded_iters_factor"] == new.bounded_iters_factor
+    assert _with_legacy_settings(old, "unbounded", new)["recon"]["bounded_iters_factor"] == new.bounded_iters_factor
     current = {
         "scene": "s",
         "recon": {
             "n_iters": 300,
             "unbounded_iters_factor": 3.0,
+            "bounded_iters_factor": 1.0,
             "shrink_kinds": [],
             "background": "black",
             "background_ramp": 0.0,
@@ -260,6 +274,7 @@ def test_runs_made_before_the_random_background_keep_a_black_one():
         "scene": "s",
         "recon": {
             **old["recon"],
+            "bounded_iters_factor": 0.75,
             "background": "random",
             "background_from": 0.5,
             "background_ramp": 0.0,
@@ -295,9 +310,11 @@ def test_the_background_applies_on_its_kinds_only():
     cfg = ReconstructionConfig(background="random", background_kinds=("forward",))
     assert for_kind(cfg, "forward") is cfg
     assert for_kind(cfg, "bounded").background == "black"
-    assert for_kind(cfg, "unbounded").background == "black" and for_kind(cfg, "unbounded").n_iters == 2 * cfg.n_iters
+    assert for_kind(cfg, "unbounded").background == "black" and for_kind(cfg, "unbounded").n_iters == 600
     kinds = ("forward", "bounded", "unbounded")
-    everywhere = ReconstructionConfig(background="random", background_kinds=kinds, distortion_from_kinds=kinds)
+    everywhere = ReconstructionConfig(
+        background="random", background_kinds=kinds, distortion_from_kinds=kinds, bounded_iters_factor=1.0
+    )
     assert for_kind(everywhere, "bounded") is everywhere
 
 
@@ -349,10 +366,11 @@ def test_recon_from_reads_a_run_stored_before_the_background_as_black():
     from ovs3d.run import _recon_differences
 
     stored = {"fit": {"scene": "s", "recon": {"n_iters": 300}}, "scene_kind": "forward"}
-    changed, theirs, ours = _recon_differences(stored, ReconstructionConfig())
+    changed, theirs, ours = _recon_differences(stored, ReconstructionConfig(n_iters=300))
     assert changed == ["background", "distortion_from"]
     assert (theirs["background"], ours["background"]) == ("black", "random")
-    assert _recon_differences(stored, ReconstructionConfig(background="black", distortion_from=0.0))[0] == []
+    as_before = ReconstructionConfig(n_iters=300, background="black", distortion_from=0.0)
+    assert _recon_differences(stored, as_before)[0] == []
     # on a kind that neither covers, the stored run and the defaults are the same reconstruction
     assert _recon_differences({**stored, "scene_kind": "bounded"}, ReconstructionConfig())[0] == []
 
