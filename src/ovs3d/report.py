@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ovs3d.methods.reconstruction import ITERS_FACTOR_FIELDS
 from ovs3d.run import COMMANDS_LOG
 from ovs3d.utils.files import atomic_write_text
 
@@ -424,7 +425,7 @@ def method_settings(
     features = fit.get("features") or {}
     semantic = fit.get("semantic") or {}
     iters = fmt_setting(recon.get("n_iters"))
-    factor = recon.get(f"{scene_kind}_iters_factor") if scene_kind in ("bounded", "unbounded") else None
+    factor = recon.get(ITERS_FACTOR_FIELDS.get(str(scene_kind), ""))
     if isinstance(factor, (int, float)) and factor != 1:
         iters += f" × {fmt_setting(factor)} ({scene_kind} scene)"
     pairs = [

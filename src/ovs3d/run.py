@@ -28,6 +28,7 @@ from ovs3d.foundation.features import FeatureConfig
 from ovs3d.foundation.registry import spec_rule
 from ovs3d.methods.reconstruction import (
     CHECKPOINT_NAME,
+    ITERS_FACTOR_FIELDS,
     ReconstructionConfig,
     box_shrinks,
     for_kind,
@@ -292,10 +293,9 @@ def _with_legacy_settings(
         added["distortion_from_kinds"] = list(recon.distortion_from_kinds)
     if "distortion_ramp" not in stored_recon:  # the distortion loss came in at once
         added["distortion_ramp"] = 0.0
-    if "unbounded_iters_factor" not in stored_recon:
-        added["unbounded_iters_factor"] = 1.0 if scene_kind == "unbounded" else recon.unbounded_iters_factor
-    if "bounded_iters_factor" not in stored_recon:
-        added["bounded_iters_factor"] = 1.0 if scene_kind == "bounded" else recon.bounded_iters_factor
+    for kind, factor_name in ITERS_FACTOR_FIELDS.items():  # the kind trained n_iters; elsewhere it changes nothing
+        if factor_name not in stored_recon:
+            added[factor_name] = 1.0 if scene_kind == kind else getattr(recon, factor_name)
     if "shrink_kinds" not in stored_recon:
         added["shrink_kinds"] = [] if box_shrinks(recon, str(scene_kind)) else list(recon.shrink_kinds)
         added["shrink_iter"] = recon.shrink_iter

@@ -34,6 +34,8 @@ from ovs3d.utils.files import load_checkpoint
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "reconstruction.pt"
+ITERS_FACTOR_FIELDS = {"bounded": "bounded_iters_factor", "unbounded": "unbounded_iters_factor"}
+"""The scene kinds that train ``n_iters`` × a factor of their own, and that factor's ``ReconstructionConfig`` field."""
 
 
 @dataclass
@@ -172,7 +174,7 @@ def for_kind(cfg: ReconstructionConfig, kind: str) -> ReconstructionConfig:
         cfg = dataclasses.replace(cfg, background="black")
     if (cfg.distortion_from > 0 or cfg.distortion_ramp > 0) and kind not in cfg.distortion_from_kinds:
         cfg = dataclasses.replace(cfg, distortion_from=0.0, distortion_ramp=0.0)
-    factor_name = {"bounded": "bounded_iters_factor", "unbounded": "unbounded_iters_factor"}.get(kind)
+    factor_name = ITERS_FACTOR_FIELDS.get(kind)
     if factor_name is None or getattr(cfg, factor_name) == 1.0:
         return cfg
     n_iters = max(1, round(cfg.n_iters * getattr(cfg, factor_name)))
