@@ -20,14 +20,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-
-def _read(paths: list[Path]) -> list[dict]:
-    return [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+from method_table import records  # bench/ is the script's folder
 
 
 def _fit_seconds(r: dict) -> float | None:
@@ -54,8 +51,14 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_name = {r["name"]: r for r in _read(args.results) if "name" in r}  # the latest record of a name wins
-    probe = {p["run"].split("/", 3)[-1]: p[args.probe_column] for p in _read(args.probe)}  # bench/out/<dir>/...
+    by_name = {r["name"]: r for f in args.results for r in records(f) if "name" in r}  # the latest of a name wins
+    probe_lines = [p for f in args.probe for p in records(f)]
+
+    def probed(name: str, miou: float) -> float:
+        """A run's probe read-out (its line's run path ends with the record's name, as label_table matches)."""
+        line = next((p for p in probe_lines if p["run"].rstrip("/").endswith("/" + name)), None)
+        return miou if line is None else line[args.probe_column]
+
     fig, axes = plt.subplots(len(args.protocols), 2, figsize=(12, 3.2 * len(args.protocols)), squeeze=False)
     if len(args.reference) != len(args.variant):
         ap.error("give one --reference per --variant")
@@ -69,11 +72,10 @@ def main() -> None:
                 if ref is None:
                     continue
                 var = by_name[f"{scene}{suffix}"]
-                ref_miou = probe.get(f"{scene}/{protocol}/{ref_name}", ref["miou"])
+                ref_miou = probed(f"{scene}/{protocol}/{ref_name}", ref["miou"])
                 minmax = by_name.get(f"{scene}/baseline-minmax", {}).get("miou")
-                ratio = None
-                if _fit_seconds(ref) and _fit_seconds(var):
-                    ratio = _fit_seconds(var) / _fit_seconds(ref)
+                ref_s, var_s = _fit_seconds(ref), _fit_seconds(var)
+                ratio = var_s / ref_s if ref_s and var_s else None
                 name = f"{scene} ({ref_name})" if several else scene
                 pairs.append((name, ref_miou, var["miou"], minmax, ratio))
         ax, ax_t = row
